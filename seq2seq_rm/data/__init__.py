@@ -1,0 +1,1 @@
+"""Preference and prompt records: loading, validation, adapters for public formats, templates."""
