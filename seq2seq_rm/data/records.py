@@ -9,10 +9,9 @@ the file and row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,203 @@
+"""``seq2seq-rm`` command line. Thin: parse arguments into a config, call one function.
+
+Training commands take the common options as flags (``--epochs --lr --batch-size
+--max-length --seed``), everything else through ``--config FILE.yaml`` and trailing
+``key=value`` overrides (``train.lora.enabled=true extraction.magnitude=prob``).
+``seq2seq-rm options rm-train`` lists every option with its default and help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import Seq2SeqRMError
+
+log = logging.getLogger("seq2seq_rm")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)],
+    )
+    for noisy in ("transformers", "datasets", "trl", "accelerate", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (shortcuts for train.* options)")
+    g.add_argument("--epochs", type=float, help="train.epochs")
+    g.add_argument("--lr", type=float, help="train.lr")
+    g.add_argument("--batch-size", type=int, help="train.batch_size")
+    g.add_argument("--max-length", type=int, help="train.max_length")
+    g.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--config", help="YAML file with options (see `seq2seq-rm options rm-train`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seq2seq-rm", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="library logs and warnings too")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("tiny-model", help="train a byte-level BPE tokenizer and write a small random Llama model")
+    t.add_argument("--corpus", required=True, help="JSONL; every string field of every row is text")
+    t.add_argument("--out", required=True)
+    t.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    t.add_argument("--vocab-size", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+
+    rm = sub.add_parser("rm", help="reward models: train, eval, score").add_subparsers(dest="rm_command", required=True)
+    tr = rm.add_parser("train", help="train a seq2seq RM or the scalar Bradley-Terry baseline")
+    tr.add_argument("--kind", choices=["seq2seq", "scalar"])
+    tr.add_argument("--model", help="base model folder, hub id, or folder holding --gguf-file")
+    tr.add_argument("--gguf-file", help="GGUF file inside --model")
+    tr.add_argument("--data", help="preference data (JSONL/JSON/Parquet/datasets folder/hub name)")
+    tr.add_argument("--format", dest="data_format", help="data format (default auto)")
+    tr.add_argument("--out", help="output folder")
+    _train_flags(tr)
+
+    ev = rm.add_parser("eval", help="pairwise accuracy on held-out preference pairs")
+    ev.add_argument("--rm", required=True, help="reward model folder")
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--format", default="auto")
+    ev.add_argument("--json", help="write the metrics here as JSON")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--limit", type=int)
+
+    sc = rm.add_parser("score", help="token-level rewards of responses (JSONL with prompt and response)")
+    sc.add_argument("--rm", required=True)
+    sc.add_argument("--data", required=True)
+    sc.add_argument("--out", required=True, help="JSON file with tokens, rewards and the RM's tokens")
+    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--show", type=int, default=5, help="responses to print coloured (0: none)")
+
+    o = sub.add_parser("options", help="list every config option with default and help")
+    o.add_argument("which", choices=["rm-train"])
+
+    d = sub.add_parser("demo", help="end-to-end run on the bundled offline data")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def cmd_tiny_model(a) -> None:
+    from .models.tiny import build_tiny_model, corpus_texts_from_jsonl
+
+    texts = corpus_texts_from_jsonl(a.corpus)
+    out = build_tiny_model(texts, a.out, size=a.size, seed=a.seed, vocab_size=a.vocab_size)
+    log.info("wrote %s model to %s", a.size, out)
+
+
+def cmd_rm_train(a) -> None:
+    from .config import RMTrainConfig, load_config
+    from .rewards.train import train_reward_model
+
+    base = {
+        "kind": a.kind, "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
+        "out": a.out, "train.epochs": a.epochs, "train.lr": a.lr, "train.batch_size": a.batch_size,
+        "train.max_length": a.max_length, "train.seed": a.seed,
+    }
+    cfg = load_config(RMTrainConfig, a.config, a.overrides, base)
+    train_reward_model(cfg)
+
+
+def cmd_rm_eval(a) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data.loading import load_preferences
+    from .io import atomic_write_json
+    from .rewards import load_reward_model
+    from .rewards.inspect import evaluate_pairs
+
+    rm = load_reward_model(a.rm)
+    records, report = load_preferences(a.data, format=a.format, limit=a.limit)
+    log.info(report.summary())
+    m = evaluate_pairs(rm, records, a.batch_size)
+    m["rm"], m["data"] = str(a.rm), str(a.data)
+    table = Table(title=f"{rm.kind} RM on {a.data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in m.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+        elif isinstance(v, dict):
+            for kk, vv in v.items():
+                table.add_row(f"{k}.{kk}.accuracy", f"{vv['accuracy']:.4f}")
+        else:
+            table.add_row(k, str(v))
+    Console().print(table)
+    if a.json:
+        atomic_write_json(a.json, m)
+
+
+def cmd_rm_score(a) -> None:
+    from .data.loading import load_prompts
+    from .io import atomic_write_json
+    from .rewards import load_reward_model
+    from .rewards.inspect import render_terminal, score_records
+
+    rm = load_reward_model(a.rm)
+    records, report = load_prompts(a.data, require_response=True)
+    log.info(report.summary())
+    rows = score_records(rm, records, a.batch_size)
+    atomic_write_json(a.out, {"rm": str(a.rm), "kind": rm.kind, "extraction": rm.extraction.__dict__, "rows": rows})
+    if a.show:
+        render_terminal(rows, limit=a.show)
+    log.info("wrote token rewards of %d responses to %s", len(rows), a.out)
+
+
+def cmd_options(a) -> None:
+    from .config import RMTrainConfig, describe
+
+    for key, default, help_ in describe(RMTrainConfig):
+        print(f"{key:32s} {default:>14s}  {help_}")
+
+
+def cmd_demo(a) -> None:
+    from .pipeline import quick_demo
+
+    quick_demo(Path(a.out), seed=a.seed)
+
+
+COMMANDS = {
+    "tiny-model": cmd_tiny_model,
+    "options": cmd_options,
+    "demo": cmd_demo,
+    ("rm", "train"): cmd_rm_train,
+    ("rm", "eval"): cmd_rm_eval,
+    ("rm", "score"): cmd_rm_score,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    a = build_parser().parse_args(argv)
+    _setup_logging(a.verbose)
+    key = (a.command, a.rm_command) if a.command == "rm" else a.command
+    try:
+        COMMANDS[key](a)
+    except Seq2SeqRMError as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""``seq2seq-rm rm train``: fit a seq2seq RM (sequence MLE) or the scalar Bradley-Terry baseline.
+
+Both use TRL's supervised trainers on data we tokenise ourselves, so training and
+extraction share one layout (data/templates.py): the seq2seq RM is SFT on
+``{"input_ids", "completion_mask"}`` (loss on target tokens only), the scalar RM is
+TRL's RewardTrainer on ``{"chosen_ids", "rejected_ids"}``. Both get the same records,
+base model and optimisation options, so the baseline is never weakened.
+
+The output folder is written atomically (temp folder, then rename): a failed or killed
+run leaves nothing half-written at ``--out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ..config import RMTrainConfig, TrainOptions, to_dict
+from ..errors import ConfigError
+from ..io import atomic_dir, atomic_write_json
+from .base import META_FILE
+
+log = logging.getLogger(__name__)
+
+
+def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
+    """TrainingArguments shared by every supervised stage (TRL SFTConfig / RewardConfig)."""
+    return dict(
+        output_dir=str(out_dir),
+        num_train_epochs=opts.epochs,
+        learning_rate=opts.lr,
+        per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        weight_decay=opts.weight_decay,
+        warmup_steps=opts.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
+        lr_scheduler_type=opts.scheduler,
+        bf16=opts.bf16,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        logging_steps=opts.logging_steps,
+        save_strategy="no",
+        report_to=["tensorboard"],
+        max_length=None,  # we truncate ourselves, by an explicit policy, before the trainer sees data
+        dataloader_num_workers=0,
+        disable_tqdm=not sys.stderr.isatty(),  # progress bars on a terminal, plain logs in CI
+    )
+
+
+def _check(cfg: RMTrainConfig) -> None:
+    if cfg.kind not in ("seq2seq", "scalar"):
+        raise ConfigError(f"kind must be seq2seq or scalar, not {cfg.kind!r}")
+    for name in ("model", "data", "out"):
+        if not getattr(cfg, name):
+            raise ConfigError(f"--{name} is required")
+
+
+def train_reward_model(cfg: RMTrainConfig) -> Path:
+    """Train the RM described by ``cfg`` and write it to ``cfg.out``. Returns the folder."""
+    _check(cfg)
+    from datasets import Dataset
+
+    from ..data.loading import load_preferences
+    from ..models.loading import ensure_pad_token, load_causal_lm, load_sequence_classifier, load_tokenizer
+    from ..models.lora import apply_lora, merge_lora
+
+    records, report = load_preferences(
+        cfg.data, format=cfg.data_format, strict=cfg.strict_data, pku_preference=cfg.pku_preference, limit=cfg.limit
+    )
+    log.info(report.summary())
+    tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+    opts = cfg.train
+    out = Path(cfg.out)
+    t0 = time.time()
+    with atomic_dir(out) as tmp:
+        if cfg.kind == "seq2seq":
+            from trl import SFTConfig, SFTTrainer
+
+            from .seq2seq import build_seq2seq_examples
+
+            model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+            ensure_pad_token(tokenizer, model)
+            examples, stats = build_seq2seq_examples(
+                records, tokenizer, cfg.template, cfg.mapping, opts.max_length, opts.truncation, opts.seed
+            )
+            dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "completion_mask")} for e in examples])
+            if opts.lora.enabled:
+                model = apply_lora(model, opts.lora.r, opts.lora.alpha, opts.lora.dropout, opts.lora.target_modules)
+            args = SFTConfig(**trainer_kwargs(opts, tmp), completion_only_loss=True, dataset_num_proc=None)
+            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        else:
+            from trl import RewardConfig, RewardTrainer
+
+            from .scalar import build_pair_examples
+
+            model = load_sequence_classifier(cfg.model, num_labels=1, trust_remote_code=cfg.trust_remote_code)
+            ensure_pad_token(tokenizer, model)
+            examples, stats = build_pair_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
+            dataset = Dataset.from_list(examples)
+            if opts.lora.enabled:
+                model = apply_lora(
+                    model, opts.lora.r, opts.lora.alpha, opts.lora.dropout, opts.lora.target_modules, task_type="SEQ_CLS"
+                )
+            args = RewardConfig(**trainer_kwargs(opts, tmp), center_rewards_coefficient=None)
+            trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+        if stats.truncated or stats.skipped_too_long:
+            log.warning(
+                "length policy %s at max_length=%d: %d examples truncated, %d skipped",
+                opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
+            )
+        result = trainer.train()
+        model = trainer.model
+        if opts.lora.enabled:
+            model = merge_lora(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        atomic_write_json(
+            tmp / META_FILE,
+            {
+                "kind": cfg.kind,
+                "template": to_dict(cfg.template),
+                "extraction": to_dict(cfg.extraction),
+                "mapping": to_dict(cfg.mapping) if cfg.kind == "seq2seq" else None,
+                "max_length": opts.max_length,
+                "base_model": cfg.model,
+                "data": {
+                    "source": cfg.data, "format": report.format, "rows_read": report.rows_read,
+                    "kept": report.kept, "skipped": report.skipped,
+                },
+                "examples": stats.as_dict(),
+                "train": to_dict(opts),
+                "final_loss": history[-1]["loss"] if history else None,
+                "train_loss": result.training_loss,
+                "seconds": round(time.time() - t0, 1),
+            },
+        )
+    log.info("wrote %s reward model to %s", cfg.kind, out)
+    return out

@@ -1,0 +1,1 @@
+"""Bundled offline tasks: seeded generators of prompts and preference pairs."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny model built from the bundled sample corpus, and reward models
+trained on it once per test session (a few seconds each on two CPU cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def write_jsonl(path, rows) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sample_rows():
+    from seq2seq_rm.tasks.sample import sample_preferences
+
+    return sample_preferences(120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def sample_file(tmp_path_factory, sample_rows):
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", sample_rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, sample_rows):
+    from seq2seq_rm.models.tiny import build_tiny_model
+
+    texts = [t for r in sample_rows for t in (r["prompt"], r["chosen"], r["rejected"])]
+    return str(build_tiny_model(texts, str(tmp_path_factory.mktemp("models") / "tiny"), size="tiny", seed=0))
+
+
+def _train(kind, tiny_model_dir, sample_file, out, epochs=2.0, **extra):
+    from seq2seq_rm.config import RMTrainConfig, TrainOptions
+    from seq2seq_rm.rewards.train import train_reward_model
+
+    cfg = RMTrainConfig(
+        kind=kind, model=tiny_model_dir, data=sample_file, out=str(out),
+        train=TrainOptions(epochs=epochs, lr=3e-3, batch_size=16, max_length=256, seed=0, logging_steps=5),
+        **extra,
+    )
+    return str(train_reward_model(cfg))
+
+
+@pytest.fixture(scope="session")
+def seq2seq_rm_dir(tmp_path_factory, tiny_model_dir, sample_file):
+    return _train("seq2seq", tiny_model_dir, sample_file, tmp_path_factory.mktemp("rm") / "seq2seq")
+
+
+@pytest.fixture(scope="session")
+def scalar_rm_dir(tmp_path_factory, tiny_model_dir, sample_file):
+    return _train("scalar", tiny_model_dir, sample_file, tmp_path_factory.mktemp("rm") / "scalar")
