@@ -114,7 +114,7 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
         model = trainer.model
         if opts.lora.enabled:
             model = merge_lora(model)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp)  # safetensors: the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
         history = [h for h in trainer.state.log_history if "loss" in h]
         atomic_write_json(
