@@ -3,7 +3,6 @@ trained on it once per test session (a few seconds each on two CPU cores)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,14 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import write_jsonl  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def write_jsonl(path, rows) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -51,11 +51,8 @@ def fit_to_length(source: list[int], target: list[int], max_length: int, policy:
         return None, None, "skipped"
     if policy != "truncate":
         raise ConfigError(f"train.truncation must be truncate or skip, not {policy!r}")
-    room = max_length - len(target)
-    if room < MIN_SOURCE_TOKENS:
-        target = target[: max_length - MIN_SOURCE_TOKENS]
-        room = MIN_SOURCE_TOKENS
-    return source[-room:], target, "truncated"
+    keep = min(len(source), max(MIN_SOURCE_TOKENS, max_length - len(target)))
+    return source[len(source) - keep :], target[: max_length - keep], "truncated"
 
 
 # --------------------------------------------------------------------------------------

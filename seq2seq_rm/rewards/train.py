@@ -56,14 +56,50 @@ def _check(cfg: RMTrainConfig) -> None:
             raise ConfigError(f"--{name} is required")
 
 
+def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
+    """The TRL trainer for ``cfg.kind`` on our own tokenisation; returns ``(trainer, example_stats)``."""
+    from datasets import Dataset
+
+    from ..models.loading import ensure_pad_token, load_causal_lm, load_sequence_classifier
+    from ..models.lora import apply_lora
+
+    opts, lora = cfg.train, cfg.train.lora
+    if cfg.kind == "seq2seq":
+        from trl import SFTConfig, SFTTrainer
+
+        from .seq2seq import build_seq2seq_examples
+
+        model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+        ensure_pad_token(tokenizer, model)
+        examples, stats = build_seq2seq_examples(
+            records, tokenizer, cfg.template, cfg.mapping, opts.max_length, opts.truncation, opts.seed
+        )
+        dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "completion_mask")} for e in examples])
+        if lora.enabled:
+            model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+        args = SFTConfig(**trainer_kwargs(opts, out_dir), completion_only_loss=True, dataset_num_proc=None)
+        return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), stats
+
+    from trl import RewardConfig, RewardTrainer
+
+    from .scalar import build_pair_examples
+
+    model = load_sequence_classifier(cfg.model, num_labels=1, trust_remote_code=cfg.trust_remote_code)
+    ensure_pad_token(tokenizer, model)
+    examples, stats = build_pair_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
+    if lora.enabled:
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, task_type="SEQ_CLS")
+    args = RewardConfig(**trainer_kwargs(opts, out_dir), center_rewards_coefficient=None)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+    return trainer, stats
+
+
 def train_reward_model(cfg: RMTrainConfig) -> Path:
     """Train the RM described by ``cfg`` and write it to ``cfg.out``. Returns the folder."""
     _check(cfg)
-    from datasets import Dataset
-
     from ..data.loading import load_preferences
-    from ..models.loading import ensure_pad_token, load_causal_lm, load_sequence_classifier, load_tokenizer
-    from ..models.lora import apply_lora, merge_lora
+    from ..models.loading import load_tokenizer
+    from ..models.lora import merge_lora
 
     records, report = load_preferences(
         cfg.data, format=cfg.data_format, strict=cfg.strict_data, pku_preference=cfg.pku_preference, limit=cfg.limit
@@ -74,37 +110,7 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     out = Path(cfg.out)
     t0 = time.time()
     with atomic_dir(out) as tmp:
-        if cfg.kind == "seq2seq":
-            from trl import SFTConfig, SFTTrainer
-
-            from .seq2seq import build_seq2seq_examples
-
-            model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
-            ensure_pad_token(tokenizer, model)
-            examples, stats = build_seq2seq_examples(
-                records, tokenizer, cfg.template, cfg.mapping, opts.max_length, opts.truncation, opts.seed
-            )
-            dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "completion_mask")} for e in examples])
-            if opts.lora.enabled:
-                model = apply_lora(model, opts.lora.r, opts.lora.alpha, opts.lora.dropout, opts.lora.target_modules)
-            args = SFTConfig(**trainer_kwargs(opts, tmp), completion_only_loss=True, dataset_num_proc=None)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-        else:
-            from trl import RewardConfig, RewardTrainer
-
-            from .scalar import build_pair_examples
-
-            model = load_sequence_classifier(cfg.model, num_labels=1, trust_remote_code=cfg.trust_remote_code)
-            ensure_pad_token(tokenizer, model)
-            examples, stats = build_pair_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
-            dataset = Dataset.from_list(examples)
-            if opts.lora.enabled:
-                model = apply_lora(
-                    model, opts.lora.r, opts.lora.alpha, opts.lora.dropout, opts.lora.target_modules, task_type="SEQ_CLS"
-                )
-            args = RewardConfig(**trainer_kwargs(opts, tmp), center_rewards_coefficient=None)
-            trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-
+        trainer, stats = build_trainer(cfg, records, tokenizer, tmp)
         if stats.truncated or stats.skipped_too_long:
             log.warning(
                 "length policy %s at max_length=%d: %d examples truncated, %d skipped",
@@ -133,6 +139,7 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
                 "examples": stats.as_dict(),
                 "train": to_dict(opts),
                 "final_loss": history[-1]["loss"] if history else None,
+                "loss_curve": [[h["step"], h["loss"]] for h in history],
                 "train_loss": result.training_loss,
                 "seconds": round(time.time() - t0, 1),
             },

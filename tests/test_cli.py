@@ -1,0 +1,95 @@
+"""The command line, end to end on the tiny model (what a user types)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from helpers import write_jsonl
+
+from seq2seq_rm.cli import main
+from seq2seq_rm.config import RMTrainConfig, load_config
+from seq2seq_rm.errors import ConfigError
+
+
+def test_config_file_then_flags_then_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"kind": "scalar", "train": {"lr": 0.1, "epochs": 3}, "mapping": {"identity_ratio": 0.25}}))
+    cfg = load_config(RMTrainConfig, cfg_file, ["train.lr=1e-4", "extraction.rematch=zero"], {"train.epochs": 5.0})
+    assert cfg.kind == "scalar" and cfg.train.lr == 1e-4 and cfg.train.epochs == 5.0
+    assert cfg.mapping.identity_ratio == 0.25 and cfg.extraction.rematch == "zero"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=1", "did you mean 'train.lr'"),
+        ("train.batch_size=abc", "expected an integer"),
+        ("train.lora.enabled=maybe", "expected true/false"),
+        ("train", "key=value"),
+    ],
+)
+def test_bad_overrides_are_rejected_with_a_useful_message(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RMTrainConfig, None, [override])
+
+
+def test_options_lists_every_option_with_help(capsys):
+    assert main(["options", "rm-train"]) == 0
+    out = capsys.readouterr().out
+    for key in ("train.lr", "extraction.magnitude", "mapping.identity_ratio", "template.source_format"):
+        assert key in out
+
+
+def test_tiny_model_command(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "hello world", "msgs": [{"role": "user", "content": "héllo"}]}] * 20)
+    assert main(["tiny-model", "--corpus", corpus, "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.safetensors").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_train_eval_score_round_trip(tiny_model_dir, sample_file, sample_rows, tmp_path, capsys):
+    out = tmp_path / "rm"
+    code = main([
+        "rm", "train", "--kind", "seq2seq", "--model", tiny_model_dir, "--data", sample_file, "--out", str(out),
+        "--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--max-length", "128", "--seed", "1",
+        "limit=32", "extraction.magnitude=prob",
+    ])
+    assert code == 0
+    meta = json.loads((out / "seq2seq_rm.json").read_text())
+    assert meta["extraction"]["magnitude"] == "prob" and meta["train"]["seed"] == 1 and meta["data"]["kept"] == 32
+
+    test = write_jsonl(tmp_path / "test.jsonl", sample_rows[:10])
+    assert main(["rm", "eval", "--rm", str(out), "--data", test, "--json", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["pairs"] == 10 and 0 <= m["accuracy"] <= 1 and "agree_fraction_chosen" in m
+
+    responses = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "What is one plus two?", "response": "One plus two is three."}])
+    assert main(["rm", "score", "--rm", str(out), "--data", responses, "--out", str(tmp_path / "s.json")]) == 0
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    row = rows[0]
+    assert "".join(row["tokens"]) == "One plus two is three.<|im_end|>"
+    assert len(row["rewards"]) == len(row["tokens"]) == len(row["rm_tokens"]) == len(row["agree"])
+    assert all((r > 0) == a for r, a in zip(row["rewards"], row["agree"], strict=True))  # prob magnitude keeps signs
+    assert "response 1" in capsys.readouterr().out  # the coloured view was printed
+
+
+def test_scalar_score_output_has_one_nonzero_reward(scalar_rm_dir, tmp_path):
+    responses = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "Hi", "response": "Hello there."}])
+    assert main(["rm", "score", "--rm", scalar_rm_dir, "--data", responses, "--out", str(tmp_path / "s.json"), "--show", "0"]) == 0
+    row = json.loads((tmp_path / "s.json").read_text())["rows"][0]
+    assert [r != 0 for r in row["rewards"]] == [False] * (len(row["rewards"]) - 1) + [True]
+    assert "rm_tokens" not in row
+
+
+def test_errors_exit_2_and_name_the_problem(tiny_model_dir, tmp_path, caplog):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "\xff", "chosen": "b", "rejected": "c"}\n')
+    code = main(["rm", "train", "--kind", "seq2seq", "--model", tiny_model_dir, "--data", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "bad.jsonl" in caplog.text and "row 2" in caplog.text
+    assert not (tmp_path / "o").exists()
+    assert main(["rm", "train", "--kind", "seq2seq", "--model", tiny_model_dir, "--data", str(bad)]) == 2
+    assert "--out is required" in caplog.text
+    assert main(["rm", "eval", "--rm", tiny_model_dir, "--data", str(bad)]) == 2
+    assert "not a reward model folder" in caplog.text
