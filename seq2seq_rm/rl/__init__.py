@@ -1,0 +1,1 @@
+"""Reinforcement learning: rollouts (generation engines), PPO maths and the PPO loop."""
