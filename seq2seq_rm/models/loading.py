@@ -428,3 +428,12 @@ def export_gguf(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def load_backbone(spec: str | os.PathLike, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+    """The transformer body of a causal-LM or classifier folder (no LM/score head), e.g. for a critic."""
+    from transformers import AutoModel
+
+    src = _resolve(spec, None)
+    model, _info = _from_pretrained(AutoModel, "backbone", src, trust_remote_code=trust_remote_code, dtype=dtype)
+    return model
