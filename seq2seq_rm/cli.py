@@ -84,8 +84,42 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=int, default=16)
     sc.add_argument("--show", type=int, default=5, help="responses to print coloured (0: none)")
 
+    s = sub.add_parser("sft", help="supervised fine-tuning of the policy (loss on response tokens only)")
+    s.add_argument("--model", help="base model folder, hub id, or folder holding --gguf-file")
+    s.add_argument("--gguf-file", help="GGUF file inside --model")
+    s.add_argument("--data", help="prompt/response rows, or preference rows (trains on chosen)")
+    s.add_argument("--format", dest="data_format", help="auto | prompt | a preference format (default auto)")
+    s.add_argument("--response-field", choices=["auto", "response", "chosen"], help="training target (default auto)")
+    s.add_argument("--out", help="output folder")
+    _train_flags(s)
+
+    g = sub.add_parser("generate", help="sample one response per prompt into a JSONL file")
+    g.add_argument("--model", required=True, help="policy folder (its sft.json, if any, gives the prompt layout)")
+    g.add_argument("--prompts", required=True, help="rows with 'prompt' (preference rows work too)")
+    g.add_argument("--out", required=True, help="JSONL file: prompt, response, finished, n_tokens")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling (default: unseeded)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    g.add_argument("--limit", type=int, help="only the first N prompts")
+
+    pp = sub.add_parser("ppo", help="PPO with the token-level rewards of a seq2seq RM (or a scalar RM's)")
+    pp.add_argument("--policy", help="SFT policy folder")
+    pp.add_argument("--rm", help="reward model folder (seq2seq or scalar)")
+    pp.add_argument("--prompts", help="prompts (JSONL etc. with a `prompt` field)")
+    pp.add_argument("--out", help="final policy folder; OUT.run/ holds checkpoints, metrics, samples")
+    pp.add_argument("--steps", type=int, help="PPO iterations")
+    pp.add_argument("--seed", type=int)
+    pp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    pp.add_argument("--config", help="YAML file with options (see `seq2seq-rm options ppo`)")
+    pp.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+
     o = sub.add_parser("options", help="list every config option with default and help")
-    o.add_argument("which", choices=["rm-train"])
+    o.add_argument("which", choices=["rm-train", "sft", "ppo"])
 
     d = sub.add_parser("demo", help="end-to-end run on the bundled offline data")
     d.add_argument("--out", default="runs/demo")
@@ -112,6 +146,29 @@ def cmd_rm_train(a) -> None:
     }
     cfg = load_config(RMTrainConfig, a.config, a.overrides, base)
     train_reward_model(cfg)
+
+
+def cmd_sft(a) -> None:
+    from .config import load_config
+    from .sft import SFTRunConfig, train_sft
+
+    base = {
+        "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format, "out": a.out,
+        "response_field": a.response_field, "train.epochs": a.epochs, "train.lr": a.lr,
+        "train.batch_size": a.batch_size, "train.max_length": a.max_length, "train.seed": a.seed,
+    }
+    cfg = load_config(SFTRunConfig, a.config, a.overrides, base)
+    train_sft(cfg)
+
+
+def cmd_generate(a) -> None:
+    from .rl.rollout import SamplingConfig, generate_to_file
+
+    sampling = SamplingConfig(
+        max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
+        do_sample=not a.greedy, seed=a.seed,
+    )
+    generate_to_file(a.model, a.prompts, a.out, sampling, batch_size=a.batch_size, engine=a.engine, limit=a.limit)
 
 
 def cmd_rm_eval(a) -> None:
@@ -160,10 +217,21 @@ def cmd_rm_score(a) -> None:
     log.info("wrote token rewards of %d responses to %s", len(rows), a.out)
 
 
+def cmd_ppo(a) -> None:
+    from .config import load_config
+    from .rl.ppo import PPOConfig, run_ppo
+
+    base = {"policy": a.policy, "rm": a.rm, "prompts": a.prompts, "out": a.out, "steps": a.steps, "seed": a.seed,
+            "resume": True if a.resume else None}
+    run_ppo(load_config(PPOConfig, a.config, a.overrides, base))
+
+
 def cmd_options(a) -> None:
     from .config import RMTrainConfig, describe
+    from .rl.ppo import PPOConfig
+    from .sft import SFTRunConfig
 
-    for key, default, help_ in describe(RMTrainConfig):
+    for key, default, help_ in describe({"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig}[a.which]):
         print(f"{key:32s} {default:>14s}  {help_}")
 
 
@@ -177,6 +245,9 @@ COMMANDS = {
     "tiny-model": cmd_tiny_model,
     "options": cmd_options,
     "demo": cmd_demo,
+    "sft": cmd_sft,
+    "generate": cmd_generate,
+    "ppo": cmd_ppo,
     ("rm", "train"): cmd_rm_train,
     ("rm", "eval"): cmd_rm_eval,
     ("rm", "score"): cmd_rm_score,

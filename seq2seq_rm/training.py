@@ -24,6 +24,7 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         data_seed=opts.seed,
         logging_steps=opts.logging_steps,
         save_strategy="no",
+        gradient_checkpointing=False,  # TRL turns it on by default; it only slows small models down
         report_to=["tensorboard"],
         max_length=None,  # we truncate ourselves, by an explicit policy, before the trainer sees data
         dataloader_num_workers=0,

@@ -56,3 +56,16 @@ def seq2seq_rm_dir(tmp_path_factory, tiny_model_dir, sample_file):
 @pytest.fixture(scope="session")
 def scalar_rm_dir(tmp_path_factory, tiny_model_dir, sample_file):
     return _train("scalar", tiny_model_dir, sample_file, tmp_path_factory.mktemp("rm") / "scalar")
+
+
+@pytest.fixture(scope="session")
+def sft_policy_dir(tmp_path_factory, tiny_model_dir, sample_file):
+    """The tiny model after a short SFT on the chosen responses: a policy with peaked outputs."""
+    from seq2seq_rm.config import TrainOptions
+    from seq2seq_rm.sft import SFTRunConfig, train_sft
+
+    cfg = SFTRunConfig(
+        model=tiny_model_dir, data=sample_file, out=str(tmp_path_factory.mktemp("sft") / "policy"),
+        train=TrainOptions(epochs=6.0, lr=3e-3, batch_size=16, max_length=256, seed=0, logging_steps=5),
+    )
+    return str(train_sft(cfg))

@@ -1,0 +1,398 @@
+"""Rollouts: the policy writes responses to prompts, laid out for PPO and the reward models.
+
+A prompt is rendered with :func:`render_prompt` and encoded with :func:`encode_text` (the
+layout SFT trained on, ``sft.py``); the policy then emits response tokens until EOS or
+``max_new_tokens``. The result is a :class:`Rollout`: prompts left-padded, responses
+right-padded, so that ``cat([prompt_ids, response_ids], 1)`` puts every response at the same
+column, which is what the PPO forward passes and the reward models expect.
+
+Response mask rule: a response runs up to and including its FIRST EOS; anything after it is
+padding, whatever its id (so a tokenizer whose pad equals EOS is handled, and so is a
+batch padded with EOS). A response with no EOS within ``max_new_tokens`` is all valid and
+``finished=False``. "EOS" is the set of the tokenizer's EOS id and the model's
+``generation_config.eos_token_id`` (chat models often list several); generation stops at
+any of them.
+
+Sampling distribution: HFEngine samples from exactly ``softmax(logits / temperature)``
+restricted by ``top_k``/``top_p``. The model's own ``generation_config`` (repetition
+penalties, minimum lengths, ...) is ignored, because PPO's probability ratios assume the
+samples come from the policy's distribution.
+
+Over-long prompts: a prompt longer than the model window minus ``max_new_tokens`` is cut
+from the LEFT (the end of a rendered prompt holds the request and the generation cue; the
+same policy as ``fit_to_length``) and counted in ``Rollout.n_truncated``; a window with
+less than ``MIN_PROMPT_TOKENS`` of room is a ConfigError.
+
+Seeding and determinism (``SamplingConfig.seed``):
+
+* ``seed=None``: sampling draws from, and advances, torch's global RNG, as a plain
+  ``model.generate`` would.
+* ``seed=N``: the call runs inside ``torch.random.fork_rng`` seeded with N, so its samples
+  are a function of (N, weights, prompts, batch composition) only, and the caller's global
+  RNG state is left exactly as it was. This is the choice for PPO: the loop passes
+  ``step_seed(base_seed, step)`` each step, so a run resumed at step k draws the same
+  rollouts as the uninterrupted run without checkpointing the RNG stream, and the training
+  randomness (minibatch shuffles, dropout) does not depend on how many tokens were sampled.
+  A fixed seed at every step would repeat the same noise, hence the per-step derivation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..config import TemplateConfig, opt
+from ..data.records import Prompt
+from ..data.templates import encode_text, render_prompt, resolve_style
+from ..errors import ConfigError, ModelError, Seq2SeqRMError
+
+log = logging.getLogger(__name__)
+
+MIN_PROMPT_TOKENS = 8  # a prompt cut shorter than this no longer says what is asked
+VLLM_MISSING = "vllm is not installed; pip install vllm on a GPU machine"
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = opt(64, "longest response in tokens (EOS included)")
+    temperature: float = opt(1.0, "softmax temperature (sampling only); PPO log-probs must use the same")
+    top_p: float = opt(1.0, "nucleus sampling mass (1.0 = off)")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = off)")
+    do_sample: bool = opt(True, "sample (true) or greedy decoding (false)")
+    seed: int | None = opt(None, "seed of this call's sampling; null: use (and advance) torch's global RNG")
+
+
+def check_sampling(s: SamplingConfig) -> None:
+    if isinstance(s.max_new_tokens, bool) or not isinstance(s.max_new_tokens, int) or s.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {s.max_new_tokens!r}")
+    if s.do_sample and not s.temperature > 0:
+        raise ConfigError(f"temperature must be > 0 when sampling, got {s.temperature!r}")
+    if not 0 < s.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {s.top_p!r}")
+    if s.top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 = off), got {s.top_k!r}")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A well-mixed 63-bit seed for rollout ``step`` of a run seeded with ``seed`` (no overlap between runs)."""
+    digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class Rollout:
+    """A batch of generated responses.
+
+    prompt_ids (B, P) left-padded + prompt_mask (B, P) bool; response_ids (B, T) right-padded
+    (pad id after the mask) + response_mask (B, T) bool, True up to and including the first
+    EOS, T = the longest response in the batch (not max_new_tokens); finished (B,) bool
+    (ended with EOS); texts list[str] (decoded without special tokens); n_truncated: prompts
+    cut from the left to fit the window. Tensors are on the model's device.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    finished: torch.Tensor
+    texts: list[str]
+    n_truncated: int = 0
+
+
+class GenerationEngine(Protocol):
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout: ...
+
+    def update_weights(self, model) -> None: ...
+
+
+# ------------------------------------------------------------------------------------ shared pieces
+
+
+def eos_ids(tokenizer, model=None) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS and the model's generation_config EOS ids."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    for i in [extra] if isinstance(extra, int) else (extra or []):
+        if i not in ids:
+            ids.append(int(i))
+    if not ids:
+        raise ConfigError("the tokenizer has no EOS token; set one (tokenizer.eos_token) before generating")
+    return ids
+
+
+def response_mask_from_ids(ids: torch.Tensor, eos: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask, finished)`` for generated ids (B, T): True up to and including the first EOS."""
+    is_eos = torch.isin(ids, torch.tensor(eos, device=ids.device)).int()
+    mask = (is_eos.cumsum(-1) - is_eos) == 0  # no EOS strictly before this position
+    return mask, is_eos.bool().any(-1)
+
+
+def model_window(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def encode_prompts(
+    prompts: list[Prompt], tokenizer, template: TemplateConfig, window: int | None, max_new_tokens: int
+) -> tuple[list[list[int]], int]:
+    """``P(x)`` ids of each prompt, cut from the left to ``window - max_new_tokens``; and how many were cut."""
+    if not prompts:
+        raise ConfigError("no prompts to generate for")
+    style = resolve_style(template, tokenizer)
+    room = None if window is None else window - max_new_tokens
+    if room is not None and room < MIN_PROMPT_TOKENS:
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens} leaves {room} tokens for the prompt in the model's "
+            f"{window}-token window (at least {MIN_PROMPT_TOKENS} needed); lower max_new_tokens"
+        )
+    seqs, cut = [], 0
+    for p in prompts:
+        ids = encode_text(render_prompt(p, template, tokenizer, style), tokenizer, style)
+        if not ids:
+            raise ConfigError(f"prompt {p!r} renders to no tokens; check template.prompt_format")
+        if room is not None and len(ids) > room:
+            ids, cut = ids[len(ids) - room :], cut + 1
+        seqs.append(ids)
+    return seqs, cut
+
+
+def _finish(prompt_ids, prompt_mask, generated, tokenizer, eos, pad_id, n_truncated) -> Rollout:
+    """Mask, trim to the longest response, blank what follows each EOS, decode."""
+    mask, finished = response_mask_from_ids(generated, eos)
+    t = int(mask.sum(-1).max()) if generated.shape[1] else 0
+    mask = mask[:, :t]
+    ids = generated[:, :t].masked_fill(~mask, pad_id)
+    lengths = mask.sum(-1).tolist()
+    texts = tokenizer.batch_decode(
+        [row[:n] for row, n in zip(ids.tolist(), lengths, strict=True)], skip_special_tokens=True
+    )
+    return Rollout(prompt_ids, prompt_mask, ids, mask, finished, texts, n_truncated)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Run the body with torch's RNG seeded by ``seed`` and restored afterwards (no-op when None)."""
+    if seed is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+# ------------------------------------------------------------------------------------ engines
+
+
+class HFEngine:
+    """``transformers`` generation on the policy module itself (shared, so no weight copies).
+
+    Batched with left padding and the KV cache; stops at EOS; ``torch.no_grad`` (not
+    inference mode: the ids are later fed to forward passes that need gradients); the
+    module is put in eval mode for the call and its previous mode restored.
+    """
+
+    def __init__(self, model, tokenizer, template: TemplateConfig | None = None):
+        if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+            raise ModelError("the policy must be a decoder-only causal LM")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template or TemplateConfig()
+        self.eos = eos_ids(tokenizer, self._generator())
+        # Prompts are masked, and responses masked from their first EOS, so any pad id works.
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
+
+    def _generator(self):
+        """The module whose ``generate`` runs: a peft model's base model (LoRA layers live inside it)."""
+        get_base = getattr(self.model, "get_base_model", None)
+        return get_base() if callable(get_base) else self.model
+
+    def update_weights(self, model) -> None:
+        """No-op: the engine generates with the very module PPO trains."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout:
+        from transformers import GenerationConfig
+
+        from ..rewards.seq2seq import left_pad
+
+        check_sampling(sampling)
+        gen_model = self._generator()
+        seqs, cut = encode_prompts(
+            prompts, self.tokenizer, self.template, model_window(gen_model), sampling.max_new_tokens
+        )
+        if cut:
+            log.warning("%d of %d prompts were longer than the window and cut from the left", cut, len(seqs))
+        dev = self.device
+        prompt_ids, prompt_mask = (t.to(dev) for t in left_pad(seqs, self.pad_id))
+        kw = dict(max_new_tokens=sampling.max_new_tokens, do_sample=sampling.do_sample, num_beams=1)
+        if sampling.do_sample:
+            kw.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=sampling.top_k)
+        config = GenerationConfig(
+            eos_token_id=list(self.eos), pad_token_id=self.pad_id, bos_token_id=None, use_cache=True, **kw
+        )
+        saved, was_training = gen_model.generation_config, self.model.training
+        # generate() fills unset options from model.generation_config: give it a clean one for the call.
+        gen_model.generation_config = GenerationConfig(eos_token_id=list(self.eos), pad_token_id=self.pad_id)
+        self.model.eval()
+        try:
+            with torch.no_grad(), seeded(sampling.seed, dev):
+                out = gen_model.generate(
+                    input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config
+                )
+        finally:
+            gen_model.generation_config = saved
+            self.model.train(was_training)
+        generated = out[:, prompt_ids.shape[1] :]
+        return _finish(prompt_ids, prompt_mask, generated, self.tokenizer, self.eos, self.pad_id, cut)
+
+
+class VLLMEngine:
+    """vLLM generation (optional; GPU only). Untested here: vLLM is not installed in CI.
+
+    Written against vLLM's offline ``LLM`` API (v0.10+): ``LLM.generate`` with
+    ``{"prompt_token_ids": ...}`` prompts and ``SamplingParams`` (a per-row seed derived from
+    ``sampling.seed``), and ``LLM.apply_model`` to push weights. ``model`` is a model folder
+    or the policy module (vLLM loads the folder it came from, ``config._name_or_path``).
+    vLLM holds its own copy of the weights: call ``update_weights(policy)`` after every
+    optimisation step. ``VLLM_ENABLE_V1_MULTIPROCESSING`` defaults to 0 here so the engine
+    runs in this process and ``apply_model`` needs no pickling of tensors.
+    """
+
+    def __init__(self, model, tokenizer, template: TemplateConfig | None = None, **llm_kwargs):
+        try:
+            import vllm
+        except ImportError:
+            raise Seq2SeqRMError(VLLM_MISSING) from None
+        path = model if isinstance(model, (str, os.PathLike)) else getattr(model.config, "_name_or_path", "")
+        if not path:
+            raise ModelError("VLLMEngine needs a model folder (the module has no config._name_or_path)")
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.vllm = vllm
+        self.tokenizer = tokenizer
+        self.template = template or TemplateConfig()
+        self.eos = eos_ids(tokenizer, None if isinstance(model, (str, os.PathLike)) else model)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
+        self.llm = vllm.LLM(model=str(path), tokenizer=str(path), **llm_kwargs)
+        self.window = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
+
+    def update_weights(self, model) -> None:
+        """Copy the policy's parameters (HF names; a peft model must be merged first) into vLLM's model."""
+        weights = [(name, p.detach()) for name, p in model.named_parameters()]
+        self.llm.apply_model(lambda m: m.load_weights(weights=weights))
+        self.llm.reset_prefix_cache()
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout:
+        from ..rewards.seq2seq import left_pad
+
+        check_sampling(sampling)
+        seqs, cut = encode_prompts(prompts, self.tokenizer, self.template, self.window, sampling.max_new_tokens)
+        sample = sampling.do_sample
+        params = [
+            self.vllm.SamplingParams(
+                n=1, max_tokens=sampling.max_new_tokens, stop_token_ids=list(self.eos),
+                temperature=float(sampling.temperature) if sample else 0.0,
+                top_p=float(sampling.top_p) if sample else 1.0, top_k=sampling.top_k if sample else 0,
+                seed=None if sampling.seed is None else step_seed(sampling.seed, i),
+            )
+            for i in range(len(seqs))
+        ]
+        outs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], sampling_params=params, use_tqdm=False)
+        rows = []
+        for o in outs:
+            ids = list(o.outputs[0].token_ids)
+            if o.outputs[0].finish_reason == "stop" and (not ids or ids[-1] not in self.eos):
+                ids.append(self.eos[0])  # stopped at EOS but the id was not returned
+            rows.append(ids)
+        width = max(1, max(len(r) for r in rows))
+        generated = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            generated[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        prompt_ids, prompt_mask = left_pad(seqs, self.pad_id)
+        return _finish(prompt_ids, prompt_mask, generated, self.tokenizer, self.eos, self.pad_id, cut)
+
+
+ENGINES = ("hf", "vllm")
+
+
+def make_engine(name: str, model, tokenizer, template: TemplateConfig | None = None) -> GenerationEngine:
+    """``"hf"`` (transformers, shares the module) or ``"vllm"`` (needs vllm and a GPU)."""
+    if name == "hf":
+        return HFEngine(model, tokenizer, template)
+    if name == "vllm":
+        return VLLMEngine(model, tokenizer, template)
+    raise ConfigError(f"unknown generation engine {name!r}; expected one of {', '.join(ENGINES)}")
+
+
+# ------------------------------------------------------------------------------------ to a file
+
+
+def generate_to_file(
+    model_dir,
+    prompts_path,
+    out_path,
+    sampling: SamplingConfig,
+    batch_size: int = 16,
+    engine: str = "hf",
+    template: TemplateConfig | None = None,
+    *,
+    limit: int | None = None,
+    device: str | None = None,
+) -> int:
+    """Generate one response per prompt of ``prompts_path`` and write JSONL rows
+    ``{"prompt", "response", "finished", "n_tokens"}`` (``n_tokens`` counts the EOS) to
+    ``out_path`` atomically. Returns the number of rows.
+
+    ``template``: given, else the one in ``model_dir/sft.json``, else ``TemplateConfig()``.
+    With ``sampling.seed``, batch ``i`` is seeded with ``step_seed(seed, i)``: the file is
+    reproducible. ``device``: default CUDA when available.
+    """
+    from ..data.loading import load_prompts
+    from ..io import atomic_write_text
+    from ..models.loading import load_causal_lm, load_tokenizer
+    from ..sft import read_sft_template
+
+    check_sampling(sampling)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown generation engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    records, report = load_prompts(prompts_path, limit=limit)
+    log.info(report.summary())
+    template = template or read_sft_template(model_dir) or TemplateConfig()
+    tokenizer = load_tokenizer(str(model_dir))
+    if engine == "hf":
+        model = load_causal_lm(str(model_dir))
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        eng = HFEngine(model, tokenizer, template)
+    else:
+        eng = make_engine(engine, str(model_dir), tokenizer, template)
+    lines, cut = [], 0
+    for b, start in enumerate(range(0, len(records), batch_size)):
+        batch = records[start : start + batch_size]
+        s = sampling if sampling.seed is None else replace(sampling, seed=step_seed(sampling.seed, b))
+        r = eng.generate([rec.prompt for rec in batch], s)
+        cut += r.n_truncated
+        for rec, text, done, n in zip(batch, r.texts, r.finished.tolist(), r.response_mask.sum(-1).tolist(), strict=True):
+            row = {"prompt": rec.prompt, "response": text, "finished": bool(done), "n_tokens": int(n)}
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(Path(out_path), "".join(lines))
+    if cut:
+        log.warning("%d prompts were longer than the model window minus max_new_tokens and cut from the left", cut)
+    log.info("wrote %d responses to %s", len(lines), out_path)
+    return len(lines)

@@ -1,0 +1,47 @@
+"""Run by tests/test_ppo_distributed.py under `torchrun --nproc_per_node 2`: a short PPO run,
+then every rank saves its own copy of the actor and critic weights for comparison."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from seq2seq_rm.models.loading import load_tokenizer
+from seq2seq_rm.rewards.base import TokenRewards
+from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer
+from seq2seq_rm.rl.rollout import SamplingConfig
+
+
+class EvenTokenRM:
+    """+1 for every even token id: a dense reward that is non-zero on a random policy."""
+
+    kind = "seq2seq"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def token_rewards(self, prompts, ids, mask):
+        return TokenRewards(rewards=((ids % 2 == 0) & mask).float(), mask=mask)
+
+
+def main(policy: str, prompts: str, out: str) -> None:
+    torch.set_num_threads(1)
+    tok = load_tokenizer(policy)
+    cfg = PPOConfig(policy=policy, prompts=prompts, out=out, steps=3, batch_size=4, mini_batch_size=2,
+                    ppo_epochs=1, actor_lr=1e-3, critic_lr=1e-3, kl_coef=0.0, save_every=0, sample_every=0,
+                    sampling=SamplingConfig(max_new_tokens=6))
+    trainer = PPOTrainer(cfg, reward_model=EvenTokenRM(tok))
+    trainer.train()
+    rank = trainer.acc.process_index
+    actor = trainer.acc.unwrap_model(trainer.actor)
+    critic = trainer.acc.unwrap_model(trainer.critic)
+    state = {f"actor.{k}": v.detach().clone().contiguous() for k, v in actor.named_parameters()}
+    state.update({f"critic.{k}": v.detach().clone().contiguous() for k, v in critic.named_parameters()})
+    save_file(state, f"{out}.rank{rank}.safetensors", metadata={
+        "world": str(trainer.acc.num_processes), "prompts": "|".join(map(str, trainer.prompts_for_step(0)))})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
