@@ -22,8 +22,10 @@ log = logging.getLogger("seq2seq_rm")
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
+    # Under torchrun / accelerate launch only rank 0 reports progress; the others warn and fail loudly.
+    quiet_rank = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING if quiet_rank else logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)],
     )
