@@ -54,7 +54,7 @@ class TemplateConfig:
         "plain style: seq2seq RM source; the target (a response) follows it",
     )
     rewrite_instruction: str = opt(
-        "Rewrite your last response so that it is as good as it can be. If it is already good, repeat it exactly.",
+        "Rewrite your response to make it better.",
         "chat style: user turn after the response under review that asks the seq2seq RM for its version",
     )
     system_prompt: str | None = opt(None, "chat style: optional system message put before the prompt")

@@ -96,6 +96,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     return fast
 
 
+def template_texts() -> list[str]:
+    """The fixed text of the default templates (data/templates.py), repeated so BPE learns it."""
+    from ..config import TemplateConfig
+
+    t = TemplateConfig()
+    return [t.prompt_format, t.source_format, t.rewrite_instruction] * 20
+
+
 def build_tiny_model(
     corpus_texts: list[str],
     out_dir: str,
@@ -115,7 +123,10 @@ def build_tiny_model(
     texts = list(corpus_texts)
     if not texts:
         raise ModelError("cannot build a tokenizer from an empty corpus")
-    tokenizer = train_tokenizer(texts, vocab)
+    # The model will also read the project's template scaffolding (markers, the rewrite
+    # instruction): without it in the corpus those words fall apart into single bytes,
+    # which makes every seq2seq RM source several times longer than it needs to be.
+    tokenizer = train_tokenizer(texts + template_texts(), vocab)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=MAX_POSITIONS,

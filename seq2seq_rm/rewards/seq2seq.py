@@ -18,6 +18,7 @@ token a negative one. See ``ExtractionConfig`` for the named open choices.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass
 
@@ -198,12 +199,20 @@ def forward_source_then_response(model, src_ids, src_mask, resp_ids, resp_mask) 
     attention = torch.cat([src_mask, resp_mask], dim=1)
     position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
     t = resp_ids.shape[1]
-    try:
+    if _accepts_logits_to_keep(model):
         out = model(input_ids=input_ids, attention_mask=attention.long(), position_ids=position_ids, logits_to_keep=t + 1)
         return out.logits[:, :t]
-    except TypeError:  # architectures without logits_to_keep
-        out = model(input_ids=input_ids, attention_mask=attention.long(), position_ids=position_ids)
-        return out.logits[:, -(t + 1) : -1]
+    out = model(input_ids=input_ids, attention_mask=attention.long(), position_ids=position_ids)
+    return out.logits[:, -(t + 1) : -1]
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether ``model.forward`` can skip the LM head on positions we do not read."""
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------------------
