@@ -243,16 +243,23 @@ def train_sft(cfg: SFTRunConfig) -> Path:
 
 
 def read_sft_template(folder: str | Path) -> TemplateConfig | None:
-    """The template an SFT folder was trained with (``sft.json``), or None when there is none."""
+    """The prompt template a policy folder was trained with, or None when it records none.
+
+    Reads ``policy.json`` (written by PPO) or ``sft.json`` (written by SFT), so generation,
+    PPO and evaluation all lay prompts out the way the policy learnt them.
+    """
     import json
 
     from .config import from_dict
 
-    meta_file = Path(folder) / SFT_META_FILE
-    if not meta_file.is_file():
-        return None
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{meta_file}: not valid JSON: {e}") from None
-    return from_dict(TemplateConfig, meta.get("template") or {})
+    for name in ("policy.json", SFT_META_FILE):
+        meta_file = Path(folder) / name
+        if not meta_file.is_file():
+            continue
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{meta_file}: not valid JSON: {e}") from None
+        if meta.get("template") is not None:
+            return from_dict(TemplateConfig, meta["template"])
+    return None

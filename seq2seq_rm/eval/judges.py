@@ -25,7 +25,6 @@ import math
 import os
 import random
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -408,7 +407,7 @@ class OpenAIJudge:
                 if e.code != 429 and e.code < 500:
                     raise ValueError(last) from None
                 retry_after = e.headers.get("Retry-After") if e.headers else None
-            except (TimeoutError, socket.timeout) as e:
+            except TimeoutError as e:
                 last = f"timed out after {self.timeout:g} s ({type(e).__name__})"
             except urllib.error.URLError as e:
                 last = f"connection failed: {self._redact(str(e.reason))}"

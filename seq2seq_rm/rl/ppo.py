@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import LoraOptions, TemplateConfig, from_dict, opt, to_dict
+from ..config import LoraOptions, TemplateConfig, opt, to_dict
 from ..errors import ConfigError, Seq2SeqRMError
 from ..io import atomic_dir, atomic_write_json
+from ..sft import read_sft_template
 from . import losses as L
 from .rollout import SamplingConfig
 
@@ -188,7 +189,7 @@ class PPOTrainer:
         self._stop = False
 
         self.tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-        self.template = cfg.template or _policy_template(cfg.policy)
+        self.template = cfg.template or read_sft_template(cfg.policy) or TemplateConfig()
         self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code)
         _check_same_tokenizer(self.tokenizer, self.rm.tokenizer, cfg.policy, cfg.rm)
 
@@ -544,17 +545,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _policy_template(policy: str) -> TemplateConfig:
-    """The layout the policy was trained with (``policy.json`` from PPO, ``sft.json`` from SFT)."""
-    for name in (POLICY_META, "sft.json"):
-        f = Path(policy) / name
-        if f.is_file():
-            meta = json.loads(f.read_text(encoding="utf-8"))
-            if "template" in meta:
-                return from_dict(TemplateConfig, meta["template"])
-    return TemplateConfig()
 
 
 def _check_same_tokenizer(policy_tok, rm_tok, policy: str, rm: str) -> None:
