@@ -45,7 +45,7 @@ def _opts(**kw):
 def sft_dir(tmp_path_factory, tiny_model_dir, sample_file):
     """The tiny model fine-tuned on the chosen responses of the sample preference set."""
     out = tmp_path_factory.mktemp("sft") / "policy"
-    return str(train_sft(SFTRunConfig(model=tiny_model_dir, data=sample_file, out=str(out), train=_opts(epochs=2.0))))
+    return str(train_sft(SFTRunConfig(model=tiny_model_dir, data=sample_file, out=str(out), train=_opts(epochs=6.0))))
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,13 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(sft_dir):
 
 def test_rollout_layout_masks_up_to_the_first_eos(sft_dir):
     eng = _engine(sft_dir)
-    r = eng.generate(MIXED, GREEDY)
+    # Cut generation at the shortest finished answer, so the batch holds finished and cut rows.
+    long = eng.generate(MIXED, SamplingConfig(max_new_tokens=64, do_sample=False))
+    finished_lengths = long.response_mask.sum(-1)[long.finished]
+    assert len(finished_lengths) > 0, "the SFT policy never ends an answer"
+    cut = int(finished_lengths.min())
+    sampling = SamplingConfig(max_new_tokens=cut, do_sample=False)
+    r = eng.generate(MIXED, sampling)
     eos, pad = eng.tokenizer.eos_token_id, eng.tokenizer.pad_token_id
     lengths = r.response_mask.sum(-1)
     assert r.finished.any() and not r.finished.all()  # the batch mixes both kinds of rows
@@ -211,12 +217,12 @@ def test_rollout_layout_masks_up_to_the_first_eos(sft_dir):
         if r.finished[b]:
             assert ids[n - 1] == eos and eos not in ids[: n - 1]
         else:  # no EOS within max_new_tokens: every generated token counts
-            assert n == GREEDY.max_new_tokens and eos not in ids
+            assert n == sampling.max_new_tokens and eos not in ids
         assert r.texts[b] == eng.tokenizer.decode(ids[:n], skip_special_tokens=True)
     # a tokenizer whose pad is EOS: the mask still ends at the first EOS
     tok = load_tokenizer(sft_dir)
     tok.pad_token = tok.eos_token
-    r2 = HFEngine(eng.model, tok, CHAT).generate(MIXED, GREEDY)
+    r2 = HFEngine(eng.model, tok, CHAT).generate(MIXED, sampling)
     assert torch.equal(r2.response_mask, r.response_mask) and r2.texts == r.texts
     assert torch.equal(r2.finished, r.finished)
 
