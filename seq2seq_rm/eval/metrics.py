@@ -55,12 +55,22 @@ def refusal_rates(responses: Sequence[str], hazardous: Sequence[bool]) -> dict:
 
 def response_diagnostics(rows: Sequence[dict], tokenizer=None, hazard_key: str = "hazardous") -> dict:
     """Length stats and the overall refusal rate of rows ``{"response", ...}``; when every row
-    carries a boolean ``hazard_key`` label, refusal rates on benign vs hazardous prompts too."""
+    carries a hazard label (:func:`hazard_label`), refusal rates on benign vs hazardous prompts too."""
     responses = [r["response"] for r in rows]
     out = {"length": length_stats(responses, tokenizer)}
     refusals = [is_refusal(t) for t in responses]
     out["refusal_rate"] = sum(refusals) / len(refusals) if refusals else math.nan
-    labels = [r.get(hazard_key) for r in rows]
-    if labels and all(isinstance(x, bool) for x in labels):
+    labels = [hazard_label(r, hazard_key) for r in rows]
+    if labels and all(x is not None for x in labels):
         out["refusals"] = refusal_rates(responses, labels)
     return out
+
+
+def hazard_label(row: dict, hazard_key: str = "hazardous") -> bool | None:
+    """A row's hazard label: a boolean ``hazard_key`` column, else a ``kind`` column as written by
+    ``seq2seq-rm tasks export`` (``"hazardous"`` vs anything else), else None."""
+    value = row.get(hazard_key)
+    if isinstance(value, bool):
+        return value
+    kind = row.get("kind")
+    return kind == "hazardous" if isinstance(kind, str) else None

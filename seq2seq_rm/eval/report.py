@@ -46,15 +46,18 @@ def format_table(result: WinRateResult, diagnostics: dict | None = None) -> str:
     if diagnostics:
         lines += [
             "",
-            "| model | mean words | median words | p90 words | mean tokens | empty | refusal rate |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| model | mean words | median words | p90 words | mean tokens | empty | refusal rate "
+            "| refusals (benign) | refusals (hazardous) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, d in diagnostics.items():
             ln = d["length"]
             tok = ln.get("tokens", {}).get("mean")
+            ref = d.get("refusals", {})
             lines.append(
                 f"| {name} | {_f(ln['words']['mean'], 1)} | {_f(ln['words']['median'], 1)} | {_f(ln['words']['p90'], 1)} "
-                f"| {_f(tok, 1) if tok is not None else 'n/a'} | {ln['empty']} | {_f(d.get('refusal_rate'), pct=True)} |"
+                f"| {_f(tok, 1) if tok is not None else 'n/a'} | {ln['empty']} | {_f(d.get('refusal_rate'), pct=True)} "
+                f"| {_f(ref.get('benign', {}).get('rate'), pct=True)} | {_f(ref.get('hazardous', {}).get('rate'), pct=True)} |"
             )
     lines += [
         "",

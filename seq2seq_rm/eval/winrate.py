@@ -109,8 +109,8 @@ def check_aligned(rows_a: list, rows_b: list, file_a: str = "a", file_b: str = "
 
 
 def load_responses(path: str | os.PathLike) -> list[dict]:
-    """Rows ``{"row", "prompt", "response"}`` of a generation file (every row kept, in order:
-    an empty response is a legitimate, bad answer, and skipping rows would break alignment)."""
+    """Rows ``{"row", "prompt", "response", ...other columns}`` of a generation file (every row kept,
+    in order: an empty response is a legitimate, bad answer, and skipping rows would break alignment)."""
     file = str(path)
     rows, _ = read_rows(path)
     out = []
@@ -120,7 +120,8 @@ def load_responses(path: str | os.PathLike) -> list[dict]:
         response = require(raw, "response", ctx)
         if not isinstance(response, str):
             raise ctx.error("response", f"expected a string, got {type(response).__name__}")
-        out.append({"row": row_no, "prompt": prompt, "response": response})
+        extra = {k: v for k, v in raw.items() if k not in ("prompt", "response", "row")}
+        out.append({**extra, "row": row_no, "prompt": prompt, "response": response})
     if not out:
         raise DataError("no rows found", file)
     return out

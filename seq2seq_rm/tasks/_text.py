@@ -20,6 +20,7 @@ off all any some more most other such only own same what which who whom how when
 have has had get got make made use one ones s t don can't won't i'm it's you're let know hope
 """.split())
 
+_NOT_A_NUMBER_BEFORE_ONE = frozenset({"no", "any", "some", "every", "each", "the", "this", "that", "which"})
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
@@ -78,6 +79,9 @@ def _parse_chunk(toks: list[str]) -> list[int]:
         t = toks[i]
         if t.isdigit():
             out.append(int(t))
+            i += 1
+            continue
+        if t == "one" and i > 0 and toks[i - 1] in _NOT_A_NUMBER_BEFORE_ONE:
             i += 1
             continue
         if t in _UNIT_VAL or t in _TENS_VAL:
