@@ -51,7 +51,8 @@ class PPOOptions:
 class ExperimentConfig:
     tasks: list = opt(["safety", "summarize", "instruct"], "bundled tasks to run")
     seeds: list = opt([0], "seeds; each seed reruns everything (data, models, PPO)")
-    size: str = opt("tiny", "tiny-model size: tiny | small")
+    size: str = opt("tiny", "tiny-model size: tiny | small (ignored when base_model is set)")
+    base_model: str = opt("", "start from this model instead of a tiny one: a folder, or a .gguf file (converted)")
     train_pairs: int = opt(500, "training preference pairs per task")
     ppo_prompts: int = opt(300, "training prompts per task for PPO")
     test_prompts: int = opt(50, "held-out test prompts per task")
@@ -163,7 +164,14 @@ def run_seed(cfg: ExperimentConfig, seed: int, out: Path) -> SeedRun:
 
     data = prepare_data(cfg, seed, d)
     files, run.prompts = data["files"], data["prompts"]
-    base = build_tiny_model(data["corpus"], str(d / "base"), size=cfg.size, seed=seed)
+    if not cfg.base_model:
+        base = build_tiny_model(data["corpus"], str(d / "base"), size=cfg.size, seed=seed)
+    elif cfg.base_model.endswith(".gguf"):
+        from .models.loading import gguf_to_folder
+
+        base = str(gguf_to_folder(cfg.base_model, d / "base"))  # a trainable safetensors folder
+    else:
+        base = cfg.base_model
     lap("data+model")
 
     sft_dir = str(train_sft(SFTRunConfig(model=base, data=files["sft"], out=str(d / "sft"),
