@@ -17,18 +17,24 @@ Timing: one wall-clock boundary at ``on_train_begin`` and one at every ``on_step
 between boundaries k-1 and k. Phases are timed by wrapping the module-level helpers the
 TRL loop calls (``batch_generation``: generation; ``get_reward`` on the reward model:
 reward; ``get_reward`` on the value model and the no-grad ``forward`` of the reference
-policy: forward passes); the rest of the step is "train" (GAE, the PPO minibatch update,
-logging). Wrapping adds two ``perf_counter`` calls per helper call.
+policy: forward passes; ``gc.collect``, which the loop calls twice per step: "other");
+the rest of the step is "train" (GAE, the PPO minibatch update, logging, callbacks).
+Wrapping adds two ``perf_counter`` calls per helper call.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import sys
 import tempfile
 import time
 import warnings
+
+KNOBS = ("num_ppo_epochs", "num_mini_batches", "response_length", "per_device_train_batch_size",
+         "gradient_accumulation_steps", "local_rollout_forward_batch_size", "stop_token", "temperature",
+         "gradient_checkpointing", "bf16", "kl_coef", "learning_rate")
 
 
 def main(settings_path: str, result_path: str) -> None:
@@ -41,7 +47,12 @@ def main(settings_path: str, result_path: str) -> None:
     import trl
     from datasets import Dataset
     from torch.utils.data import DataLoader
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        TrainerCallback,
+    )
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as ppo_module
 
@@ -73,7 +84,7 @@ def main(settings_path: str, result_path: str) -> None:
         total_episodes=steps * b,
         local_rollout_forward_batch_size=b,  # one generate call / one forward per model for the batch
         response_length=s["gen_len"],
-        stop_token="eos",  # stop at the tokenizer's EOS like our HFEngine (a random tiny model rarely emits it)
+        stop_token="eos",  # stop at the tokenizer's EOS like our HFEngine
         temperature=s["temperature"],
         kl_coef=s["kl_coef"],
         learning_rate=s["lr"],
@@ -97,13 +108,14 @@ def main(settings_path: str, result_path: str) -> None:
     trainer.dataloader = trainer.accelerator.prepare(loader)
     trainer.remove_callback(transformers.PrinterCallback)
 
-    phases: dict[str, float] = {"generate": 0.0, "reward": 0.0, "forward": 0.0}
+    phases: dict[str, float] = {"generate": 0.0, "reward": 0.0, "forward": 0.0, "other": 0.0}
     per_step: list[dict] = []
     boundaries: list[float] = []
     tokens: list[int] = []
     eos_id = tok.eos_token_id
 
-    real_generation, real_get_reward, real_forward = ppo_module.batch_generation, ppo_module.get_reward, ppo_module.forward
+    real_generation, real_get_reward = ppo_module.batch_generation, ppo_module.get_reward
+    real_forward = ppo_module.forward
 
     def timed_generation(model, queries, *a, **k):
         t0 = time.perf_counter()
@@ -129,6 +141,17 @@ def main(settings_path: str, result_path: str) -> None:
         phases["forward"] += time.perf_counter() - t0
         return out
 
+    class TimedGC:  # the loop calls gc.collect() twice per step: timed as "other"
+        def __getattr__(self, name):
+            return getattr(gc, name)
+
+        def collect(self, *a):
+            t0 = time.perf_counter()
+            out = gc.collect(*a)
+            phases["other"] += time.perf_counter() - t0
+            return out
+
+    ppo_module.gc = TimedGC()
     ppo_module.batch_generation = timed_generation
     ppo_module.get_reward = timed_get_reward
     ppo_module.forward = timed_forward
@@ -156,10 +179,7 @@ def main(settings_path: str, result_path: str) -> None:
         "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
                      "torch": torch.__version__, "python": platform.python_version()},
         "threads": torch.get_num_threads(),
-        "settings": {k: getattr(cfg, k) for k in ("num_ppo_epochs", "num_mini_batches", "response_length",
-                                                  "per_device_train_batch_size", "gradient_accumulation_steps",
-                                                  "local_rollout_forward_batch_size", "stop_token", "temperature",
-                                                  "gradient_checkpointing", "bf16", "kl_coef", "learning_rate")},
+        "settings": {k: getattr(cfg, k) for k in KNOBS},
     }
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
