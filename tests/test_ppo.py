@@ -203,3 +203,28 @@ def test_ppo_command_with_a_real_seq2seq_rm(tiny_model_dir, seq2seq_rm_dir, prom
     assert len(samples[0]["tokens"]) == len(samples[0]["rm_rewards"]) > 0
     assert set(samples[0]["rm_rewards"]) <= {1.0, -1.0}  # the seq2seq RM's literal ±1 rewards
     assert list((tmp_path / "policy.run" / "tensorboard").iterdir())
+
+
+def test_lora_actor_and_critic_with_bf16_autocast(tiny_model_dir, prompts_file, tmp_path):
+    from peft import PeftModel
+
+    tok = load_tokenizer(tiny_model_dir)
+    cfg = make_cfg(tiny_model_dir, prompts_file, tmp_path / "lora", steps=2, save_every=1, bf16=True)
+    cfg.actor_lora.enabled = True
+    cfg.critic_lora.enabled = True
+    trainer = PPOTrainer(cfg, reward_model=CountTokenRM(tok, 5, dense=True))
+    actor = trainer.acc.unwrap_model(trainer.actor)
+    assert isinstance(actor, PeftModel)
+    trainable = {n for n, p in actor.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # only the adapters train
+    out = trainer.train()
+    assert not (out / "adapter_config.json").exists()  # the saved policy is merged into plain weights
+    merged, base = _weights(out), _weights(tiny_model_dir)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert merged[key].shape == base[key].shape and not torch.equal(merged[key], base[key])
+    # a LoRA run resumes too
+    again = PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "lora", steps=3, bf16=True, resume=True,
+                                actor_lora=cfg.actor_lora, critic_lora=cfg.critic_lora),
+                       reward_model=CountTokenRM(tok, 5, dense=True))
+    again.load_checkpoint()
+    assert again.step == 2
