@@ -41,6 +41,16 @@ class CountTokenRM:
         return TokenRewards(rewards=r, mask=mask)
 
 
+class EvenTokenRM(CountTokenRM):
+    """+1 for every even token id: a dense reward that is non-zero even for a random policy."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, target=-1, dense=True)
+
+    def token_rewards(self, prompts, ids, mask):
+        return TokenRewards(rewards=((ids % 2 == 0) & mask).float(), mask=mask)
+
+
 PROMPTS = ["What is two plus two?", "How do I fix a bike tyre?", "Name a colour.", "Say hello.",
            "What is the capital of France?", "How can I sleep better?", "Tell me a fact.", "Count to three."]
 
@@ -212,7 +222,7 @@ def test_lora_actor_and_critic_with_bf16_autocast(tiny_model_dir, prompts_file, 
     cfg = make_cfg(tiny_model_dir, prompts_file, tmp_path / "lora", steps=2, save_every=1, bf16=True)
     cfg.actor_lora.enabled = True
     cfg.critic_lora.enabled = True
-    trainer = PPOTrainer(cfg, reward_model=CountTokenRM(tok, 5, dense=True))
+    trainer = PPOTrainer(cfg, reward_model=EvenTokenRM(tok))
     actor = trainer.acc.unwrap_model(trainer.actor)
     assert isinstance(actor, PeftModel)
     trainable = {n for n, p in actor.named_parameters() if p.requires_grad}
@@ -225,6 +235,6 @@ def test_lora_actor_and_critic_with_bf16_autocast(tiny_model_dir, prompts_file, 
     # a LoRA run resumes too
     again = PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "lora", steps=3, bf16=True, resume=True,
                                 actor_lora=cfg.actor_lora, critic_lora=cfg.critic_lora),
-                       reward_model=CountTokenRM(tok, 5, dense=True))
+                       reward_model=EvenTokenRM(tok))
     again.load_checkpoint()
     assert again.step == 2

@@ -11,7 +11,9 @@ from ..errors import ModelError
 
 logger = logging.getLogger(__name__)
 
-_TASK_TYPES = {"CAUSAL_LM": TaskType.CAUSAL_LM, "SEQ_CLS": TaskType.SEQ_CLS}
+# FEATURE_EXTRACTION: a bare backbone, e.g. the PPO critic's (its value head is trained in full).
+_TASK_TYPES = {"CAUSAL_LM": TaskType.CAUSAL_LM, "SEQ_CLS": TaskType.SEQ_CLS,
+               "FEATURE_EXTRACTION": TaskType.FEATURE_EXTRACTION}
 
 
 def apply_lora(

@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._text import bucket, prompt_str, word_count
+from ._text import bucket, prompt_str
 
 SPLITS = ("train", "test", "ood")
 TEST_PERCENT = 20
