@@ -19,7 +19,6 @@ report, example statistics and the loss curve. A failed run leaves nothing at ``
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from .data.records import PreferenceRecord, PromptRecord
 from .data.templates import encode_response, encode_text, render_prompt, resolve_style
 from .errors import ConfigError, DataError, Seq2SeqRMError
 from .io import atomic_dir, atomic_write_json
-from .training import trainer_kwargs
+from .training import train_and_save, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -192,52 +191,29 @@ def train_sft(cfg: SFTRunConfig) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data`` (loss on response tokens) and write it to ``cfg.out``."""
     _check(cfg)
     from .models.loading import load_tokenizer
-    from .models.lora import merge_lora
-
     records, report, field = load_sft_records(cfg)
     log.info("%s; SFT target: %s", report.summary(), field)
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
-    opts = cfg.train
     out = Path(cfg.out)
-    t0 = time.time()
-    with atomic_dir(out) as tmp:
-        trainer, stats = build_sft_trainer(cfg, records, tokenizer, tmp)
-        if stats.truncated or stats.skipped_too_long:
-            log.warning(
-                "length policy %s at max_length=%d: %d examples truncated, %d skipped",
-                opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
-            )
-        result = trainer.train()
-        model = merge_lora(trainer.model) if opts.lora.enabled else trainer.model
+
+    def stop_where_sft_put_eos(model):
         gen = getattr(model, "generation_config", None)
-        if gen is not None:  # generation stops where SFT put the EOS
+        if gen is not None:
             gen.pad_token_id = tokenizer.pad_token_id
             if gen.eos_token_id is None:
                 gen.eos_token_id = tokenizer.eos_token_id
-        model.save_pretrained(tmp)  # safetensors
-        tokenizer.save_pretrained(tmp)
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        atomic_write_json(
-            tmp / SFT_META_FILE,
-            {
-                "kind": "sft",
-                "template": to_dict(cfg.template),
-                "style": resolve_style(cfg.template, tokenizer),
-                "response_field": field,
-                "max_length": opts.max_length,
-                "base_model": cfg.model,
-                "data": {
-                    "source": cfg.data, "format": report.format, "rows_read": report.rows_read,
-                    "kept": report.kept, "skipped": report.skipped,
-                },
-                "examples": stats.as_dict(),
-                "train": to_dict(opts),
-                "final_loss": history[-1]["loss"] if history else None,
-                "loss_curve": [[h["step"], h["loss"]] for h in history],
-                "train_loss": result.training_loss,
-                "seconds": round(time.time() - t0, 1),
-            },
-        )
+
+    with atomic_dir(out) as tmp:
+        trainer, stats = build_sft_trainer(cfg, records, tokenizer, tmp)
+        meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, stop_where_sft_put_eos)
+        atomic_write_json(tmp / SFT_META_FILE, {
+            "kind": "sft",
+            "template": to_dict(cfg.template),
+            "style": resolve_style(cfg.template, tokenizer),
+            "response_field": field,
+            "base_model": cfg.model,
+            **meta,
+        })
     log.info("wrote SFT policy to %s", out)
     return out
 

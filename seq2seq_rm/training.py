@@ -30,3 +30,39 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         dataloader_num_workers=0,
         disable_tqdm=not sys.stderr.isatty(),  # progress bars on a terminal, plain logs in CI
     )
+
+
+def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path, report, source: str,
+                   prepare_model=None) -> dict:
+    """Run a TRL trainer, save model (LoRA merged) + tokenizer to ``out_dir``, and return the
+    metadata every supervised stage records: data report, length-policy counts, loss curve."""
+    import logging
+    import time
+
+    from .config import to_dict
+    from .models.lora import merge_lora
+
+    t0 = time.time()
+    if stats.truncated or stats.skipped_too_long:
+        logging.getLogger(__name__).warning(
+            "length policy %s at max_length=%d: %d examples truncated, %d skipped",
+            opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
+        )
+    result = trainer.train()
+    model = merge_lora(trainer.model) if opts.lora.enabled else trainer.model
+    if prepare_model is not None:
+        prepare_model(model)
+    model.save_pretrained(out_dir)  # safetensors: the only format transformers 5 writes
+    tokenizer.save_pretrained(out_dir)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "max_length": opts.max_length,
+        "data": {"source": source, "format": report.format, "rows_read": report.rows_read,
+                 "kept": report.kept, "skipped": report.skipped},
+        "examples": stats.as_dict(),
+        "train": to_dict(opts),
+        "final_loss": history[-1]["loss"] if history else None,
+        "loss_curve": [[h["step"], h["loss"]] for h in history],
+        "train_loss": result.training_loss,
+        "seconds": round(time.time() - t0, 1),
+    }

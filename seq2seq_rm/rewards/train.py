@@ -13,13 +13,12 @@ run leaves nothing half-written at ``--out``.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from ..config import RMTrainConfig, to_dict
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write_json
-from ..training import trainer_kwargs
+from ..training import train_and_save, trainer_kwargs
 from .base import META_FILE
 
 log = logging.getLogger(__name__)
@@ -76,50 +75,22 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     _check(cfg)
     from ..data.loading import load_preferences
     from ..models.loading import load_tokenizer
-    from ..models.lora import merge_lora
-
     records, report = load_preferences(
         cfg.data, format=cfg.data_format, strict=cfg.strict_data, pku_preference=cfg.pku_preference, limit=cfg.limit
     )
     log.info(report.summary())
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
-    opts = cfg.train
     out = Path(cfg.out)
-    t0 = time.time()
     with atomic_dir(out) as tmp:
         trainer, stats = build_trainer(cfg, records, tokenizer, tmp)
-        if stats.truncated or stats.skipped_too_long:
-            log.warning(
-                "length policy %s at max_length=%d: %d examples truncated, %d skipped",
-                opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
-            )
-        result = trainer.train()
-        model = trainer.model
-        if opts.lora.enabled:
-            model = merge_lora(model)
-        model.save_pretrained(tmp)  # safetensors: the only format transformers 5 writes
-        tokenizer.save_pretrained(tmp)
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        atomic_write_json(
-            tmp / META_FILE,
-            {
-                "kind": cfg.kind,
-                "template": to_dict(cfg.template),
-                "extraction": to_dict(cfg.extraction),
-                "mapping": to_dict(cfg.mapping) if cfg.kind == "seq2seq" else None,
-                "max_length": opts.max_length,
-                "base_model": cfg.model,
-                "data": {
-                    "source": cfg.data, "format": report.format, "rows_read": report.rows_read,
-                    "kept": report.kept, "skipped": report.skipped,
-                },
-                "examples": stats.as_dict(),
-                "train": to_dict(opts),
-                "final_loss": history[-1]["loss"] if history else None,
-                "loss_curve": [[h["step"], h["loss"]] for h in history],
-                "train_loss": result.training_loss,
-                "seconds": round(time.time() - t0, 1),
-            },
-        )
+        meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data)
+        atomic_write_json(tmp / META_FILE, {
+            "kind": cfg.kind,
+            "template": to_dict(cfg.template),
+            "extraction": to_dict(cfg.extraction),
+            "mapping": to_dict(cfg.mapping) if cfg.kind == "seq2seq" else None,
+            "base_model": cfg.model,
+            **meta,
+        })
     log.info("wrote %s reward model to %s", cfg.kind, out)
     return out
