@@ -312,7 +312,8 @@ def arm_metrics(rows: list[dict], info: dict, tasks: dict) -> dict:
 
 
 def run_experiment(cfg: ExperimentConfig, out: Path) -> Path:
-    from .eval.experiment_report import write_report
+    from .eval.experiment_report import markdown_summary, write_report
+    from .io import atomic_write_text
     from .tasks import get_task
 
     for name in cfg.tasks:
@@ -326,6 +327,7 @@ def run_experiment(cfg: ExperimentConfig, out: Path) -> Path:
     results["config"] = to_dict(cfg)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(out / "report.json", results)
+    atomic_write_text(out / "report.md", markdown_summary(results))
     html = write_report(results, runs, out)
     log.info("report: %s (%.0f s)", html, results["total_seconds"])
     return html

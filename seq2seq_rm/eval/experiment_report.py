@@ -193,3 +193,32 @@ def write_report(results: dict, runs, out: Path) -> Path:
     path = out / "report.html"
     atomic_write_text(path, "\n".join(parts))
     return path
+
+
+def markdown_summary(results: dict) -> str:
+    """The headline numbers as markdown (report.md): win rates with CIs, refusal, length, quality."""
+    lines = []
+    for split, res in results["splits"].items():
+        lines += [f"**{split}** prompts", "", "| comparison | win rate | 95% CI | wins / ties / losses | N |",
+                  "|---|---|---|---|---|"]
+        for name, w in res["win_rates"].items():
+            lines.append(f"| {name} | {w['win_rate']:.3f} | [{w['ci_low']:.3f}, {w['ci_high']:.3f}] | "
+                         f"{w['wins']} / {w['ties']} / {w['losses']} | {w['n']} |")
+        lines.append("")
+        arms = res["arms"]
+        tasks = sorted(next(iter(arms.values()))["quality"])
+        kinds = sorted({k for m in arms.values() for k in m["refusal"]})
+        lines += ["| arm | " + " | ".join(f"quality {t}" for t in tasks) + " | "
+                  + " | ".join(f"words {t} (ideal)" for t in tasks) + " | "
+                  + " | ".join(f"refusal {k}" for k in kinds) + " |",
+                  "|---" * (1 + 2 * len(tasks) + len(kinds)) + "|"]
+        for arm, m in arms.items():
+            q = " | ".join(f"{m['quality'][t]:.3f}" for t in tasks)
+            ln = " | ".join(f"{m['length'][t]:.1f} ({m['ideal_length'][t] or 0:.1f})" for t in tasks)
+            rf = " | ".join(_pct(m["refusal"].get(k)) for k in kinds)
+            lines.append(f"| {arm} | {q} | {ln} | {rf} |")
+        lines.append("")
+    acc = [f"seed {seed}: scalar {d['scalar']['accuracy']:.3f}, seq2seq {d['seq2seq']['accuracy']:.3f}"
+           for seed, d in results["rm_eval"].items()]
+    lines += ["RM pairwise accuracy on held-out annotator pairs: " + "; ".join(acc), ""]
+    return "\n".join(lines)
