@@ -259,36 +259,34 @@ def cmd_options(a) -> None:
         print(f"{key:32s} {default:>14s}  {help_}")
 
 
-def _experiment(a, cfg) -> None:
-    from dataclasses import asdict
-
+def _experiment(a, preset: dict) -> None:
+    """Run the experiment: ``preset`` (what the sub-command sets) < --config file < key=value."""
     from .config import load_config
     from .pipeline import ExperimentConfig, run_experiment
 
-    cfg = load_config(ExperimentConfig, a.config, a.overrides, {k: v for k, v in asdict(cfg).items()
-                                                                if not isinstance(v, dict)})
+    cfg = load_config(ExperimentConfig, a.config, a.overrides, None)
+    for key, value in preset.items():  # only where the file and overrides left the default
+        if getattr(cfg, key) == getattr(ExperimentConfig(), key):
+            setattr(cfg, key, value)
     run_experiment(cfg, Path(a.out))
 
 
 def cmd_demo(a) -> None:
-    from .pipeline import demo_config
-
-    cfg = demo_config()
-    cfg.seeds = [a.seed]
-    _experiment(a, cfg)
+    _experiment(a, {"seeds": [a.seed]})
 
 
 def cmd_experiment(a) -> None:
     from .pipeline import experiment_config
     from .tasks import TASKS
 
-    cfg = experiment_config(a.seeds)
+    preset = experiment_config(a.seeds)
+    tasks = list(preset.tasks)
     if a.tasks != "all":
-        cfg.tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-        unknown = sorted(set(cfg.tasks) - set(TASKS))
+        tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+        unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
             raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)} or all")
-    _experiment(a, cfg)
+    _experiment(a, {"seeds": preset.seeds, "ablation": preset.ablation, "tasks": tasks})
 
 
 def cmd_tasks_export(a) -> None:

@@ -64,8 +64,12 @@ class TemplateConfig:
 class ExtractionConfig:
     """Token-level reward extraction options (method.md, 'Token-level reward extraction').
 
-    The defaults are the literal reading of the paper: +1 for every token the RM would
-    also have written, -1 for every token where it would have written something else.
+    Defaults: +1 for every token the RM would also have written up to the first
+    divergence, -1 for every token where it would have written something else, and 0 for
+    tokens that agree again after the first divergence (``rematch=zero``). The paper's
+    literal reading keeps those at +1 (``rematch=positive``); on the bundled tasks that
+    rewards length (each extra agreeing token adds +1) and lost to the scalar baseline,
+    while ``zero`` beat it (README, "The demo and the experiment").
     """
 
     magnitude: str = opt(
@@ -75,7 +79,9 @@ class ExtractionConfig:
     r_pos: float = opt(1.0, "reward of a token the RM agrees with (constant and logratio magnitudes)")
     r_neg: float = opt(1.0, "penalty of a diverging token (constant magnitude)")
     rematch: str = opt(
-        "positive", "positive | zero: reward of agreeing tokens that come after the first divergence"
+        "zero",
+        "zero | positive: reward of agreeing tokens after the first divergence (zero: chosen by the "
+        "project's ablation, see README; positive: the paper's literal reading)",
     )
     normalize: str = opt("none", "none (rewards sum over tokens) | mean (each token reward divided by length)")
     clip: float | None = opt(None, "clip each token reward to [-clip, clip]; null for no clipping")

@@ -16,9 +16,9 @@ from seq2seq_rm.errors import ConfigError
 def test_config_file_then_flags_then_overrides(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump({"kind": "scalar", "train": {"lr": 0.1, "epochs": 3}, "mapping": {"identity_ratio": 0.25}}))
-    cfg = load_config(RMTrainConfig, cfg_file, ["train.lr=1e-4", "extraction.rematch=zero"], {"train.epochs": 5.0})
+    cfg = load_config(RMTrainConfig, cfg_file, ["train.lr=1e-4", "extraction.rematch=positive"], {"train.epochs": 5.0})
     assert cfg.kind == "scalar" and cfg.train.lr == 1e-4 and cfg.train.epochs == 5.0
-    assert cfg.mapping.identity_ratio == 0.25 and cfg.extraction.rematch == "zero"
+    assert cfg.mapping.identity_ratio == 0.25 and cfg.extraction.rematch == "positive"
 
 
 @pytest.mark.parametrize(
@@ -53,7 +53,7 @@ def test_train_eval_score_round_trip(tiny_model_dir, sample_file, sample_rows, t
     code = main([
         "rm", "train", "--kind", "seq2seq", "--model", tiny_model_dir, "--data", sample_file, "--out", str(out),
         "--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--max-length", "128", "--seed", "1",
-        "limit=32", "extraction.magnitude=prob",
+        "limit=32", "extraction.magnitude=prob", "extraction.rematch=positive",
     ])
     assert code == 0
     meta = json.loads((out / "seq2seq_rm.json").read_text())

@@ -29,7 +29,7 @@ def test_constant_rewards_follow_agreement_with_greedy_choice():
     logits = one_hot_logits([1, 2, 3, 4])
     targets = torch.tensor([[1, 2, 0, 4]])
     mask = torch.ones_like(targets, dtype=torch.bool)
-    r, agree, pred = token_rewards_from_logits(logits, targets, mask, ExtractionConfig())
+    r, agree, pred = token_rewards_from_logits(logits, targets, mask, ExtractionConfig(rematch="positive"))
     assert r.tolist() == [[1.0, 1.0, -1.0, 1.0]]
     assert agree.tolist() == [[True, True, False, True]]
     assert pred.tolist() == [[1, 2, 3, 4]]  # the RM's own token where it diverges
@@ -57,10 +57,10 @@ def test_mean_normalisation_clipping_and_padding():
     logits = one_hot_logits([1, 2, 3, 4])
     targets = torch.tensor([[1, 0, 3, 0]])
     mask = torch.tensor([[True, True, True, False]])
-    r, agree, _ = token_rewards_from_logits(logits, targets, mask, ExtractionConfig(normalize="mean", r_neg=3.0))
+    r, agree, _ = token_rewards_from_logits(logits, targets, mask, ExtractionConfig(normalize="mean", r_neg=3.0, rematch="positive"))
     assert r[0].tolist() == pytest.approx([1 / 3, -1.0, 1 / 3, 0.0])
     assert not agree[0, 3]  # padding never agrees
-    r, _, _ = token_rewards_from_logits(logits, targets, mask, ExtractionConfig(r_neg=3.0, clip=2.0))
+    r, _, _ = token_rewards_from_logits(logits, targets, mask, ExtractionConfig(r_neg=3.0, clip=2.0, rematch="positive"))
     assert r.tolist() == [[1.0, -2.0, 1.0, 0.0]]
 
 
@@ -157,14 +157,14 @@ def test_first_diverging_token_is_negative_and_predicted_token_is_reported(bigra
     y[4] = wrong
     y[5:] = chain(table, wrong, 5)  # the response continues greedily from its own (diverged) token
     tr = rm.token_rewards([prompt], torch.tensor([y]), torch.ones(1, 10, dtype=torch.bool))
-    assert tr.rewards[0].tolist() == [1, 1, 1, 1, -1, 1, 1, 1, 1, 1]
+    assert tr.rewards[0].tolist() == [1, 1, 1, 1, -1, 0, 0, 0, 0, 0]  # default: re-agreeing tokens get 0
     assert tr.predicted_ids[0, 4].item() == expected_rm_token
-    rm.extraction = ExtractionConfig(rematch="zero")
+    rm.extraction = ExtractionConfig(rematch="positive")  # the paper's literal reading
     try:
         tr = rm.token_rewards([prompt], torch.tensor([y]), torch.ones(1, 10, dtype=torch.bool))
     finally:
         rm.extraction = ExtractionConfig()
-    assert tr.rewards[0].tolist() == [1, 1, 1, 1, -1, 0, 0, 0, 0, 0]
+    assert tr.rewards[0].tolist() == [1, 1, 1, 1, -1, 1, 1, 1, 1, 1]
 
 
 def test_left_and_right_padded_inputs_give_the_same_rewards(bigram_rm):
@@ -214,6 +214,7 @@ RESPONSES = [
 
 def test_one_pass_extraction_equals_token_by_token_greedy_reference(seq2seq_rm_dir):
     rm = load_reward_model(seq2seq_rm_dir)
+    rm.extraction = ExtractionConfig(rematch="positive")  # +1 / -1 exactly where the RM agrees / diverges
     prompts = [p for p, _ in RESPONSES]
     ids, mask = encode_responses([r for _, r in RESPONSES], rm.tokenizer)
     fast = rm.token_rewards(prompts, ids, mask)
@@ -228,7 +229,7 @@ def test_one_pass_extraction_equals_token_by_token_greedy_reference(seq2seq_rm_d
         n_agree += sum(agree)
     assert 0 < n_agree < int(mask.sum())  # the check saw both agreeing and diverging tokens
 
-    rm.extraction = ExtractionConfig(magnitude="prob")
+    rm.extraction = ExtractionConfig(magnitude="prob", rematch="positive")
     fast = rm.token_rewards(prompts, ids, mask)
     for b, (prompt, _) in enumerate(RESPONSES):
         n = int(mask[b].sum())
@@ -254,6 +255,7 @@ def test_trained_rm_rewards_chosen_responses_above_rejected_ones(seq2seq_rm_dir)
     from seq2seq_rm.tasks.sample import BENIGN, HAZARD, REFUSAL
 
     rm = load_reward_model(seq2seq_rm_dir)
+    rm.extraction = ExtractionConfig(rematch="positive")  # every agreeing token counts
     prompts = [BENIGN[0][0], BENIGN[0][0], HAZARD[0][0], HAZARD[0][0]]
     responses = [BENIGN[0][1], REFUSAL, HAZARD[0][1], HAZARD[0][2]]
     ids, mask = encode_responses(responses, rm.tokenizer)
@@ -267,6 +269,7 @@ def test_trained_rm_rewards_chosen_responses_above_rejected_ones(seq2seq_rm_dir)
 
 def test_eos_is_scored_like_any_other_token(seq2seq_rm_dir):
     rm = load_reward_model(seq2seq_rm_dir)
+    rm.extraction = ExtractionConfig(rematch="positive")  # every agreeing token counts
     ids, mask = encode_responses(["Three plus four is seven."], rm.tokenizer)
     assert ids[0, -1].item() == rm.tokenizer.eos_token_id
     tr = rm.token_rewards([RESPONSES[0][0]], ids, mask)

@@ -13,14 +13,14 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path):
         "demo", "--out", str(out), "--seed", "3",
         "train_pairs=10", "ppo_prompts=8", "test_prompts=3", "ood_prompts=3",
         "sft.epochs=1", "rm.epochs=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2",
-        "ppo.max_new_tokens=8", "eval_max_new_tokens=8", "n_boot=200", "ablation=[{rematch: zero}]",
+        "ppo.max_new_tokens=8", "eval_max_new_tokens=8", "n_boot=200", "ablation=[{rematch: positive}]",
     ])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["arms"] == ["sft", "scalar", "seq2seq", "seq2seq[rematch=zero]"]
+    assert report["arms"] == ["sft", "scalar", "seq2seq", "seq2seq[rematch=positive]"]
     for split in ("test", "ood"):
         wr = report["splits"][split]["win_rates"]
-        assert set(wr) == {"seq2seq vs scalar", "seq2seq vs sft", "scalar vs sft", "seq2seq[rematch=zero] vs scalar"}
+        assert set(wr) == {"seq2seq vs scalar", "seq2seq vs sft", "scalar vs sft", "seq2seq[rematch=positive] vs scalar"}
         for w in wr.values():
             assert w["n"] + w["invalid"] == 9  # 3 prompts x 3 tasks
             assert w["ci_low"] <= w["win_rate"] <= w["ci_high"]
