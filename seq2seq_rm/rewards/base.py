@@ -105,6 +105,17 @@ def unpack(packed_values: torch.Tensor, order: torch.Tensor, shape, fill=0) -> t
     return out
 
 
+def load_parts(path, load_model, device=None, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` of an RM folder, the model loaded by ``load_model`` and moved to ``device``."""
+    from ..models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
+    model = load_model(str(path), trust_remote_code=trust_remote_code)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
 def read_meta(path: str | Path) -> dict:
     path = Path(path)
     meta_file = path / META_FILE

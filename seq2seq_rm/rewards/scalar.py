@@ -14,7 +14,7 @@ from ..config import ExtractionConfig, TemplateConfig
 from ..data.records import PreferenceRecord, Prompt
 from ..data.templates import encode_response, encode_text, render_prompt, resolve_style
 from ..errors import Seq2SeqRMError
-from .base import TokenRewards, pack_right, unpack
+from .base import TokenRewards, load_parts, pack_right, unpack
 from .seq2seq import ExampleStats, fit_to_length, left_pad
 
 
@@ -71,12 +71,9 @@ class ScalarRewardModel:
 
     @classmethod
     def from_folder(cls, path, template, extraction, device=None, trust_remote_code=False):
-        from ..models.loading import load_sequence_classifier, load_tokenizer
+        from ..models.loading import load_sequence_classifier
 
-        tok = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
-        model = load_sequence_classifier(str(path), trust_remote_code=trust_remote_code)
-        if device is not None:
-            model.to(device)
+        model, tok = load_parts(path, load_sequence_classifier, device, trust_remote_code)
         return cls(model, tok, template, extraction)
 
     @property

@@ -28,7 +28,7 @@ from ..config import ExtractionConfig, MappingConfig, TemplateConfig
 from ..data.records import PreferenceRecord, Prompt
 from ..data.templates import encode_response, encode_text, render_source, resolve_style
 from ..errors import ConfigError, Seq2SeqRMError
-from .base import TokenRewards, pack_right, unpack
+from .base import TokenRewards, load_parts, pack_right, unpack
 
 # --------------------------------------------------------------------------------------
 # Length policy (shared with the scalar RM and SFT)
@@ -237,12 +237,9 @@ class Seq2SeqRewardModel:
 
     @classmethod
     def from_folder(cls, path, template, extraction, device=None, trust_remote_code=False):
-        from ..models.loading import load_causal_lm, load_tokenizer
+        from ..models.loading import load_causal_lm
 
-        tok = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
-        model = load_causal_lm(str(path), trust_remote_code=trust_remote_code)
-        if device is not None:
-            model.to(device)
+        model, tok = load_parts(path, load_causal_lm, device, trust_remote_code)
         return cls(model, tok, template, extraction)
 
     @property
