@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout (`make bench`) without installing
     sys.path.insert(0, str(ROOT))
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from seq2seq_rm.config import ExtractionConfig, TemplateConfig  # noqa: E402
 from seq2seq_rm.data.templates import encode_text, render_prompt  # noqa: E402
@@ -160,21 +161,6 @@ def make_batch(tokenizer, rows: list[dict], batch_size: int, response_tokens: in
         ids.append(text_ids + [tokenizer.eos_token_id])
     response_ids = torch.tensor(ids, dtype=torch.long)
     return prompts, response_ids, torch.ones_like(response_ids, dtype=torch.bool)
-
-
-def machine_info() -> dict:
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-    }
 
 
 def check_same_outputs(fast, naive, mask) -> dict:

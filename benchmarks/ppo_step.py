@@ -85,7 +85,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -98,6 +97,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout without installing
     sys.path.insert(0, str(ROOT))
+
+from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from seq2seq_rm.config import TemplateConfig  # noqa: E402
 from seq2seq_rm.models.loading import load_sequence_classifier, load_tokenizer  # noqa: E402
@@ -240,21 +241,6 @@ def summarise(runs: list[list[dict]], batch_size: int) -> dict:
         "time_shares": shares,
         "time_shares_pooled": pooled,
         "kept_steps": len(kept),
-    }
-
-
-def machine_info(threads: int) -> dict:
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": threads,
-        "interop_threads": torch.get_num_interop_threads(),
     }
 
 
