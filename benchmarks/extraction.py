@@ -48,10 +48,11 @@ from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path whe
 
 from seq2seq_rm.config import ExtractionConfig, TemplateConfig  # noqa: E402
 from seq2seq_rm.data.templates import encode_text, render_prompt  # noqa: E402
+from seq2seq_rm.layout import fit_to_length, left_pad  # noqa: E402
 from seq2seq_rm.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer  # noqa: E402
 from seq2seq_rm.models.tiny import SIZES, build_tiny_model  # noqa: E402
 from seq2seq_rm.rewards.scalar import ScalarRewardModel  # noqa: E402
-from seq2seq_rm.rewards.seq2seq import Seq2SeqRewardModel, fit_to_length, left_pad  # noqa: E402
+from seq2seq_rm.rewards.seq2seq import Seq2SeqRewardModel  # noqa: E402
 from seq2seq_rm.tasks.sample import sample_preferences  # noqa: E402
 
 METHODS = ("seq2seq", "scalar", "generate-then-compare")

@@ -1,35 +1,56 @@
 """``seq2seq-rm`` command line. Thin: parse arguments into a config, call one function.
 
-Training commands take the common options as flags (``--epochs --lr --batch-size
---max-length --seed``), everything else through ``--config FILE.yaml`` and trailing
-``key=value`` overrides (``train.lora.enabled=true extraction.magnitude=prob``).
-``seq2seq-rm options rm-train`` lists every option with its default and help.
+Commands with a config (``rm train``, ``sft``, ``ppo``, ``demo``, ``experiment``) take their
+common options as flags, everything else from ``--config FILE.yaml`` and ``key=value``
+overrides, which may stand anywhere among the flags. One precedence rule, later wins:
+defaults < the command's preset < --config YAML < flags < key=value.
+``seq2seq-rm options CMD`` lists every option with its default, allowed values and help.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
-from pathlib import Path
 
 from .errors import ConfigError, Seq2SeqRMError
 
 log = logging.getLogger("seq2seq_rm")
 
+DESCRIPTION = (
+    "RLHF with sequence-to-sequence reward models (arXiv 2409.00162): train a policy (sft), a seq2seq "
+    "reward model and the scalar Bradley-Terry baseline (rm train), look at their token-level rewards "
+    "(rm score, inspect), run PPO with them (ppo), and judge the results (eval). `demo` runs the whole "
+    "comparison on the bundled offline tasks."
+)
+# Commands that read a config: they accept key=value overrides.
+CONFIG_COMMANDS = {"rm-train": "rm train", "sft": "sft", "ppo": "ppo", "experiment": "experiment"}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default (when it has one) after its help text."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    # Under torchrun / accelerate launch only rank 0 reports progress; the others warn and fail loudly.
-    quiet_rank = os.environ.get("RANK", "0") != "0"
-    logging.basicConfig(
-        level=logging.WARNING if quiet_rank else logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=False, markup=False)],
-    )
-    for noisy in ("transformers", "datasets", "trl", "accelerate", "httpx", "urllib3"):
+    """Logs and errors go to stderr, one line each, never wrapped (paths stay copyable)."""
+    quiet_rank = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports progress
+    ours = logging.getLogger("seq2seq_rm")  # every module logs under it; it still propagates to the root
+    for h in [h for h in ours.handlers if getattr(h, "_seq2seq_rm", False)]:
+        ours.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+    handler._seq2seq_rm = True
+    ours.addHandler(handler)
+    ours.setLevel(logging.WARNING if quiet_rank else logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("transformers", "datasets", "trl", "accelerate", "httpx", "urllib3", "filelock", "matplotlib",
+                  "PIL", "peft", "torch", "tensorboard"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
     if not verbose:
         import warnings
@@ -38,149 +59,191 @@ def _setup_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _train_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (shortcuts for train.* options)")
-    g.add_argument("--epochs", type=float, help="train.epochs")
-    g.add_argument("--lr", type=float, help="train.lr")
-    g.add_argument("--batch-size", type=int, help="train.batch_size")
-    g.add_argument("--max-length", type=int, help="train.max_length")
-    g.add_argument("--seed", type=int, help="train.seed")
-    p.add_argument("--config", help="YAML file with options (see `seq2seq-rm options rm-train`)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+def _config_flags(p: argparse.ArgumentParser, which: str, training: bool = True) -> None:
+    if training:
+        g = p.add_argument_group("training (shortcuts for train.* options)")
+        g.add_argument("--epochs", type=float, help="train.epochs")
+        g.add_argument("--lr", type=float, help="train.lr")
+        g.add_argument("--batch-size", type=int, help="train.batch_size")
+        g.add_argument("--max-length", type=int, help="train.max_length")
+        g.add_argument("--seed", type=int, help="train.seed")
+    p.add_argument("--config", help=f"YAML file with options (see `seq2seq-rm options {which}`)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier output of this command")
+    p.epilog = f"Any option as key=value, anywhere among the flags (see `seq2seq-rm options {which}`)."
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", help="split of a datasets folder, hub dataset or JSON object (default: train)")
+    p.add_argument("--subset", help="hub dataset subset / configuration name")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="seq2seq-rm", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="seq2seq-rm", description=DESCRIPTION, formatter_class=_Formatter)
     p.add_argument("-v", "--verbose", action="store_true", help="library logs and warnings too")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("tiny-model", help="train a byte-level BPE tokenizer and write a small random Llama model")
-    t.add_argument("--corpus", required=True, help="JSONL; every string field of every row is text")
-    t.add_argument("--out", required=True)
-    t.add_argument("--size", choices=["tiny", "small"], default="tiny")
-    t.add_argument("--vocab-size", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    def cmd(parent, name, help_):
+        return parent.add_parser(name, help=help_, description=help_, formatter_class=_Formatter)
 
-    rm = sub.add_parser("rm", help="reward models: train, eval, score").add_subparsers(dest="rm_command", required=True)
-    tr = rm.add_parser("train", help="train a seq2seq RM or the scalar Bradley-Terry baseline")
-    tr.add_argument("--kind", choices=["seq2seq", "scalar"])
+    t = cmd(sub, "tiny-model", "train a byte-level BPE tokenizer and write a small random Llama model")
+    t.add_argument("--corpus", required=True, help="JSONL; every string field of every row is text")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--size", choices=["tiny", "small"], default="tiny", help="model size")
+    t.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (default: the size's)")
+    t.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier tiny model at --out")
+
+    rm = cmd(sub, "rm", "reward models: train, eval, score").add_subparsers(dest="rm_command", required=True)
+    tr = cmd(rm, "train", "train a seq2seq RM or the scalar Bradley-Terry baseline")
+    tr.add_argument("--kind", choices=["seq2seq", "scalar"], help="kind (default seq2seq)")
     tr.add_argument("--model", help="base model folder, hub id, or folder holding --gguf-file")
     tr.add_argument("--gguf-file", help="GGUF file inside --model")
     tr.add_argument("--data", help="preference data (JSONL/JSON/Parquet/datasets folder/hub name)")
     tr.add_argument("--format", dest="data_format", help="data format (default auto)")
     tr.add_argument("--out", help="output folder")
-    _train_flags(tr)
+    _data_flags(tr)
+    _config_flags(tr, "rm-train")
 
-    ev = rm.add_parser("eval", help="pairwise accuracy on held-out preference pairs")
+    ev = cmd(rm, "eval", "pairwise accuracy on held-out preference pairs")
     ev.add_argument("--rm", required=True, help="reward model folder")
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--format", default="auto")
+    ev.add_argument("--data", required=True, help="preference data")
+    ev.add_argument("--format", default="auto", help="data format")
     ev.add_argument("--json", help="write the metrics here as JSON")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--limit", type=int)
+    ev.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
+    ev.add_argument("--limit", type=int, help="only the first N pairs")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    _data_flags(ev)
 
-    sc = rm.add_parser("score", help="token-level rewards of responses (JSONL with prompt and response)")
-    sc.add_argument("--rm", required=True)
-    sc.add_argument("--data", required=True)
+    sc = cmd(rm, "score", "token-level rewards of responses (rows with prompt and response)")
+    sc.add_argument("--rm", required=True, help="reward model folder")
+    sc.add_argument("--data", required=True, help="rows with prompt and response")
     sc.add_argument("--out", required=True, help="JSON file with tokens, rewards and the RM's tokens")
-    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--batch-size", type=int, default=16, help="responses per forward pass")
+    sc.add_argument("--limit", type=int, help="only the first N responses")
     sc.add_argument("--show", type=int, default=5, help="responses to print coloured (0: none)")
+    sc.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _data_flags(sc)
 
-    s = sub.add_parser("sft", help="supervised fine-tuning of the policy (loss on response tokens only)")
+    s = cmd(sub, "sft", "supervised fine-tuning of the policy (loss on response tokens only)")
     s.add_argument("--model", help="base model folder, hub id, or folder holding --gguf-file")
     s.add_argument("--gguf-file", help="GGUF file inside --model")
     s.add_argument("--data", help="prompt/response rows, or preference rows (trains on chosen)")
     s.add_argument("--format", dest="data_format", help="auto | prompt | a preference format (default auto)")
     s.add_argument("--response-field", choices=["auto", "response", "chosen"], help="training target (default auto)")
     s.add_argument("--out", help="output folder")
-    _train_flags(s)
+    _data_flags(s)
+    _config_flags(s, "sft")
 
-    g = sub.add_parser("generate", help="sample one response per prompt into a JSONL file")
-    g.add_argument("--model", required=True, help="policy folder (its sft.json, if any, gives the prompt layout)")
+    g = cmd(sub, "generate", "sample one response per prompt into a JSONL file")
+    g.add_argument("--model", required=True, help="policy folder (its sft.json/policy.json gives the prompt layout)")
     g.add_argument("--prompts", required=True, help="rows with 'prompt' (preference rows work too)")
-    g.add_argument("--out", required=True, help="JSONL file: prompt, response, finished, n_tokens")
+    g.add_argument("--out", required=True, help="JSONL file: the input columns, prompt, response, finished, n_tokens")
     g.add_argument("--seed", type=int, help="seed for reproducible sampling (default: unseeded)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=64, help="longest response in tokens")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     g.add_argument("--top-k", type=int, default=0, help="0 = off")
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    g.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine")
     g.add_argument("--limit", type=int, help="only the first N prompts")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _data_flags(g)
 
-    pp = sub.add_parser("ppo", help="PPO with the token-level rewards of a seq2seq RM (or a scalar RM's)")
+    pp = cmd(sub, "ppo", "PPO with the token-level rewards of a seq2seq RM (or a scalar RM's)")
     pp.add_argument("--policy", help="SFT policy folder")
     pp.add_argument("--rm", help="reward model folder (seq2seq or scalar)")
     pp.add_argument("--prompts", help="prompts (JSONL etc. with a `prompt` field)")
     pp.add_argument("--out", help="final policy folder; OUT.run/ holds checkpoints, metrics, samples")
     pp.add_argument("--steps", type=int, help="PPO iterations")
-    pp.add_argument("--seed", type=int)
-    pp.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-    pp.add_argument("--config", help="YAML file with options (see `seq2seq-rm options ppo`)")
-    pp.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+    pp.add_argument("--seed", type=int, help="seed")
+    pp.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint")
+    _data_flags(pp)
+    _config_flags(pp, "ppo", training=False)
 
-    o = sub.add_parser("options", help="list every config option with default and help")
-    o.add_argument("which", choices=["rm-train", "sft", "ppo", "experiment"])
+    o = cmd(sub, "options", "list every config option with its default, allowed values and help")
+    o.add_argument("which", choices=sorted(CONFIG_COMMANDS))
 
-    d = sub.add_parser("demo", help="the paper's experiment on the bundled offline tasks, one seed (~10 min on CPU)")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--config", help="YAML file with experiment options (see `seq2seq-rm options experiment`)")
-    d.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+    d = cmd(sub, "demo", "the paper's experiment on the bundled offline tasks, one seed (~10 min on CPU)")
+    d.add_argument("--out", default="runs/demo", help="output folder")
+    d.add_argument("--seed", type=int, help="the seed (default 0)")
+    _config_flags(d, "experiment", training=False)
 
-    x = sub.add_parser("experiment", help="the full grid: several seeds plus the extraction ablation")
-    x.add_argument("--tasks", default="all", help="comma-separated task names, or all")
-    x.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
-    x.add_argument("--out", default="runs/experiment")
-    x.add_argument("--config", help="YAML file with experiment options")
-    x.add_argument("overrides", nargs="*", metavar="key=value", help="dotted option overrides")
+    x = cmd(sub, "experiment", "the full grid: several seeds plus the extraction ablation")
+    x.add_argument("--tasks", help="comma-separated task names, or all (default all)")
+    x.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default 3)")
+    x.add_argument("--out", default="runs/experiment", help="output folder")
+    _config_flags(x, "experiment", training=False)
 
-    tk = sub.add_parser("tasks", help="bundled offline tasks").add_subparsers(dest="tasks_command", required=True)
-    te = tk.add_parser("export", help="write a task split as JSONL (preferences, prompts, SFT rows)")
+    tk = cmd(sub, "tasks", "bundled offline tasks").add_subparsers(dest="tasks_command", required=True)
+    te = cmd(tk, "export", "write a task split as JSONL (preferences, prompts, SFT rows)")
     te.add_argument("task", help="safety | summarize | instruct")
-    te.add_argument("--split", choices=["train", "test", "ood"], default="train")
+    te.add_argument("--split", choices=["train", "test", "ood"], default="train", help="split")
     te.add_argument("--out", required=True, help="output folder")
     te.add_argument("--n", type=int, help="number of prompts (default: the split's documented size)")
-    te.add_argument("--seed", type=int, default=0)
-    from .eval.commands import add_parsers
+    te.add_argument("--seed", type=int, default=0, help="generator seed")
+    te.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
 
-    add_parsers(sub)  # eval, inspect
+    e = cmd(sub, "eval", "win rate of model a's responses over model b's, judged in both orders")
+    e.add_argument("--a", dest="file_a", required=True, help="rows with prompt and response (model a)")
+    e.add_argument("--b", dest="file_b", required=True, help="the same prompts in the same order (model b)")
+    e.add_argument("--judge", required=True, help="oracle:TASK | hf:PATH | openai:MODEL")
+    e.add_argument("--out", required=True, help="folder for metrics.json, pairs.jsonl and report.md")
+    e.add_argument("--base-url", help="OpenAI-compatible server for openai:MODEL (default https://api.openai.com/v1)")
+    e.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key ('' for a server that needs none)")
+    e.add_argument("--names", nargs=2, metavar=("A", "B"), default=["a", "b"], help="names in the report")
+    e.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    e.add_argument("--cache-dir", help="reply cache for openai:MODEL (default ~/.cache/seq2seq_rm/judge)")
+    e.add_argument("--concurrency", type=int, default=4, help="parallel requests for openai:MODEL")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation at --out")
+
+    i = cmd(sub, "inspect", "token-level rewards of responses as an HTML heatmap")
+    i.add_argument("--rm", required=True, help="reward model folder (seq2seq or scalar)")
+    i.add_argument("--data", required=True, help="rows with prompt and response")
+    i.add_argument("--out", required=True, help="HTML file to write")
+    i.add_argument("--batch-size", type=int, default=16, help="responses per forward pass")
+    i.add_argument("--limit", type=int, help="only the first N responses")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _data_flags(i)
     return p
+
+
+# ------------------------------------------------------------------------------------------ commands
 
 
 def cmd_tiny_model(a) -> None:
     from .models.tiny import build_tiny_model, corpus_texts_from_jsonl
+    from .outputs import check_output_dir
 
+    check_output_dir(a.out, "tiny-model", a.overwrite, inputs=[a.corpus])
     texts = corpus_texts_from_jsonl(a.corpus)
-    out = build_tiny_model(texts, a.out, size=a.size, seed=a.seed, vocab_size=a.vocab_size)
+    out = build_tiny_model(texts, a.out, size=a.size, seed=a.seed, vocab_size=a.vocab_size, overwrite=a.overwrite)
     log.info("wrote %s model to %s", a.size, out)
+
+
+def _train_flags(a) -> dict:
+    return {"train.epochs": a.epochs, "train.lr": a.lr, "train.batch_size": a.batch_size,
+            "train.max_length": a.max_length, "train.seed": a.seed}
 
 
 def cmd_rm_train(a) -> None:
     from .config import RMTrainConfig, load_config
     from .rewards.train import train_reward_model
 
-    base = {
-        "kind": a.kind, "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
-        "out": a.out, "train.epochs": a.epochs, "train.lr": a.lr, "train.batch_size": a.batch_size,
-        "train.max_length": a.max_length, "train.seed": a.seed,
-    }
-    cfg = load_config(RMTrainConfig, a.config, a.overrides, base)
-    train_reward_model(cfg)
+    flags = {"kind": a.kind, "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
+             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, **_train_flags(a)}
+    train_reward_model(load_config(RMTrainConfig, a.config, a.overrides, flags))
 
 
 def cmd_sft(a) -> None:
     from .config import load_config
     from .sft import SFTRunConfig, train_sft
 
-    base = {
-        "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format, "out": a.out,
-        "response_field": a.response_field, "train.epochs": a.epochs, "train.lr": a.lr,
-        "train.batch_size": a.batch_size, "train.max_length": a.max_length, "train.seed": a.seed,
-    }
-    cfg = load_config(SFTRunConfig, a.config, a.overrides, base)
-    train_sft(cfg)
+    flags = {"model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
+             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite,
+             "response_field": a.response_field, **_train_flags(a)}
+    train_sft(load_config(SFTRunConfig, a.config, a.overrides, flags))
 
 
 def cmd_generate(a) -> None:
@@ -190,7 +253,8 @@ def cmd_generate(a) -> None:
         max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
         do_sample=not a.greedy, seed=a.seed,
     )
-    generate_to_file(a.model, a.prompts, a.out, sampling, batch_size=a.batch_size, engine=a.engine, limit=a.limit)
+    generate_to_file(a.model, a.prompts, a.out, sampling, batch_size=a.batch_size, engine=a.engine, limit=a.limit,
+                     split=a.split, subset=a.subset, overwrite=a.overwrite)
 
 
 def cmd_rm_eval(a) -> None:
@@ -199,11 +263,14 @@ def cmd_rm_eval(a) -> None:
 
     from .data.loading import load_preferences
     from .io import atomic_write_json
+    from .outputs import check_output_file
     from .rewards import load_reward_model
-    from .rewards.inspect import evaluate_pairs
+    from .rewards.evaluate import evaluate_pairs
 
+    if a.json:
+        check_output_file(a.json, a.overwrite, "metrics")
     rm = load_reward_model(a.rm)
-    records, report = load_preferences(a.data, format=a.format, limit=a.limit)
+    records, report = load_preferences(a.data, format=a.format, limit=a.limit, split=a.split, subset=a.subset)
     log.info(report.summary())
     m = evaluate_pairs(rm, records, a.batch_size)
     m["rm"], m["data"] = str(a.rm), str(a.data)
@@ -224,75 +291,119 @@ def cmd_rm_eval(a) -> None:
 
 
 def cmd_rm_score(a) -> None:
-    from .data.loading import load_prompts
+    from .config import to_dict
     from .io import atomic_write_json
+    from .outputs import check_output_file
     from .rewards import load_reward_model
-    from .rewards.inspect import render_terminal, score_records
+    from .rewards.views import render_terminal, score_file
 
+    check_output_file(a.out, a.overwrite, "scores")
     rm = load_reward_model(a.rm)
-    records, report = load_prompts(a.data, require_response=True)
-    log.info(report.summary())
-    rows = score_records(rm, records, a.batch_size)
-    atomic_write_json(a.out, {"rm": str(a.rm), "kind": rm.kind, "extraction": rm.extraction.__dict__, "rows": rows})
+    rows = score_file(rm, a.data, batch_size=a.batch_size, limit=a.limit, split=a.split, subset=a.subset)
+    atomic_write_json(a.out, {"rm": str(a.rm), "kind": rm.kind, "extraction": to_dict(rm.extraction), "rows": rows})
     if a.show:
         render_terminal(rows, limit=a.show)
     log.info("wrote token rewards of %d responses to %s", len(rows), a.out)
+
+
+def cmd_inspect(a) -> None:
+    from pathlib import Path
+
+    from .io import atomic_write_text
+    from .outputs import check_output_file
+    from .rewards import load_reward_model
+    from .rewards.views import render_heatmap_html, score_file
+
+    check_output_file(a.out, a.overwrite, "heatmap")
+    rm = load_reward_model(a.rm)
+    rows = score_file(rm, a.data, batch_size=a.batch_size, limit=a.limit, split=a.split, subset=a.subset)
+    title = f"{rm.kind} RM token rewards: {Path(a.rm).name} on {Path(a.data).name}"
+    atomic_write_text(a.out, render_heatmap_html(rows, title))
+    log.info("wrote the token-reward heatmap to %s", a.out)
+
+
+def cmd_eval(a) -> None:
+    from .eval.compare import evaluate_files, format_table
+    from .eval.judges import make_judge
+    from .outputs import check_output_dir
+
+    check_output_dir(a.out, "eval", a.overwrite, inputs=[a.file_a, a.file_b])
+    kw = {}
+    if a.judge.startswith("openai:"):
+        kw = {"api_key_env": a.api_key_env or None, "concurrency": a.concurrency}
+        if a.cache_dir:
+            kw["cache_dir"] = a.cache_dir
+    judge = make_judge(a.judge, base_url=a.base_url, **kw)
+    result, diagnostics = evaluate_files(
+        a.file_a, a.file_b, judge, a.out, names=tuple(a.names), seed=a.seed,
+        tokenizer=getattr(judge, "tokenizer", None), overwrite=a.overwrite,
+    )
+    print(format_table(result, diagnostics))
+    log.info("wrote metrics.json, pairs.jsonl and report.md to %s", a.out)
 
 
 def cmd_ppo(a) -> None:
     from .config import load_config
     from .rl.ppo import PPOConfig, run_ppo
 
-    base = {"policy": a.policy, "rm": a.rm, "prompts": a.prompts, "out": a.out, "steps": a.steps, "seed": a.seed,
-            "resume": True if a.resume else None}
-    run_ppo(load_config(PPOConfig, a.config, a.overrides, base))
+    flags = {"policy": a.policy, "rm": a.rm, "prompts": a.prompts, "out": a.out, "steps": a.steps, "seed": a.seed,
+             "split": a.split, "subset": a.subset, "resume": a.resume, "overwrite": a.overwrite}
+    run_ppo(load_config(PPOConfig, a.config, a.overrides, flags))
 
 
-def cmd_options(a) -> None:
-    from .config import RMTrainConfig, describe
-    from .pipeline import ExperimentConfig
+def _config_classes() -> dict:
+    from .config import RMTrainConfig
+    from .experiment import ExperimentConfig
     from .rl.ppo import PPOConfig
     from .sft import SFTRunConfig
 
-    configs = {"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig, "experiment": ExperimentConfig}
-    for key, default, help_ in describe(configs[a.which]):
-        print(f"{key:32s} {default:>14s}  {help_}")
+    return {"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig, "experiment": ExperimentConfig}
 
 
-def _experiment(a, preset: dict) -> None:
-    """Run the experiment: ``preset`` (what the sub-command sets) < --config file < key=value."""
+def cmd_options(a) -> None:
+    from .config import describe
+
+    rows = describe(_config_classes()[a.which])
+    if a.which == "experiment":  # the experiment sets these for each arm
+        from .experiment.config import PPO_SET_PER_ARM
+
+        rows = [r for r in rows if r[0].removeprefix("ppo.") not in PPO_SET_PER_ARM]
+    width = max(len(k) for k, *_ in rows)
+    for key, default, allowed, help_ in rows:
+        print(f"{key:{width}s}  {default:>14s}  {help_}" + (f" [{allowed}]" if allowed else ""))
+
+
+def _run_experiment(a, preset: dict, flags: dict) -> None:
     from .config import load_config
-    from .pipeline import ExperimentConfig, run_experiment
+    from .experiment import ExperimentConfig, run_experiment
 
-    cfg = load_config(ExperimentConfig, a.config, a.overrides, None)
-    for key, value in preset.items():  # only where the file and overrides left the default
-        if getattr(cfg, key) == getattr(ExperimentConfig(), key):
-            setattr(cfg, key, value)
-    run_experiment(cfg, Path(a.out))
+    cfg = load_config(ExperimentConfig, a.config, a.overrides, flags, preset=preset)
+    run_experiment(cfg, a.out, overwrite=bool(a.overwrite))
 
 
 def cmd_demo(a) -> None:
-    _experiment(a, {"seeds": [a.seed]})
+    _run_experiment(a, preset={}, flags={"seeds": None if a.seed is None else [a.seed]})
 
 
 def cmd_experiment(a) -> None:
-    from .pipeline import experiment_config
-    from .tasks import TASKS
+    from .experiment import DEFAULT_ABLATION
 
-    preset = experiment_config(a.seeds)
-    tasks = list(preset.tasks)
-    if a.tasks != "all":
+    tasks = None
+    if a.tasks is not None and a.tasks != "all":
         tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ConfigError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)} or all")
-    _experiment(a, {"seeds": preset.seeds, "ablation": preset.ablation, "tasks": tasks})
+    if a.seeds is not None and a.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {a.seeds}")
+    _run_experiment(a, preset={"seeds": [0, 1, 2], "ablation": DEFAULT_ABLATION},
+                    flags={"tasks": tasks, "seeds": None if a.seeds is None else list(range(a.seeds))})
 
 
 def cmd_tasks_export(a) -> None:
+    from .outputs import check_output_dir
     from .tasks import export_split, get_task
 
-    paths = export_split(get_task(a.task), a.split, a.out, n=a.n, seed=a.seed)
+    task = get_task(a.task)
+    check_output_dir(a.out, "task-export", a.overwrite)
+    paths = export_split(task, a.split, a.out, n=a.n, seed=a.seed)
     for kind, path in paths.items():
         log.info("%s: %s", kind, path)
 
@@ -305,29 +416,58 @@ COMMANDS = {
     "generate": cmd_generate,
     "ppo": cmd_ppo,
     "experiment": cmd_experiment,
+    "eval": cmd_eval,
+    "inspect": cmd_inspect,
     ("tasks", "export"): cmd_tasks_export,
     ("rm", "train"): cmd_rm_train,
     ("rm", "eval"): cmd_rm_eval,
     ("rm", "score"): cmd_rm_score,
 }
+_TAKES_OVERRIDES = {("rm", "train"), "sft", "ppo", "demo", "experiment"}
 
 
-def _all_commands() -> dict:
-    from .eval.commands import EVAL_COMMANDS
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags; every other argument must be a ``key=value`` override (of a config command)."""
+    parser = build_parser()
+    a, extra = parser.parse_known_args(argv)
+    a.key = (a.command, getattr(a, f"{a.command}_command")) if a.command in ("rm", "tasks") else a.command
+    overrides = [x for x in extra if "=" in x and not x.startswith("-")]
+    unknown = [x for x in extra if x not in overrides]
+    if unknown or (overrides and a.key not in _TAKES_OVERRIDES):
+        what = " ".join(unknown or overrides)
+        parser.error(f"unrecognized arguments: {what}" + ("" if unknown else " (this command takes no key=value options)"))
+    a.overrides = overrides
+    return a
 
-    return {**COMMANDS, **EVAL_COMMANDS}
+
+def _os_error_message(e: OSError) -> str:
+    where = e.filename or "a file"
+    if e.errno == errno.ENOSPC:
+        return f"cannot write {where}: no space left on device. Free some space and run the command again"
+    if e.errno == errno.EROFS:
+        return f"cannot write {where}: the file system is read-only. Choose an output on a writable disk"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot access {where}: permission denied"
+    if e.errno == errno.EDQUOT:
+        return f"cannot write {where}: disk quota exceeded"
+    return f"{where}: {e.strerror or e}"
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    a = build_parser().parse_args(argv)
+    a = parse_args(argv)
     _setup_logging(a.verbose)
-    key = (a.command, getattr(a, f"{a.command}_command")) if a.command in ("rm", "tasks") else a.command
     try:
-        _all_commands()[key](a)
+        COMMANDS[a.key](a)
     except Seq2SeqRMError as e:
         log.error("%s", e)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the closed pipe
+        return 0
+    except OSError as e:  # disk full, read-only, permissions: the user's to fix, not a crash
+        log.error("%s", _os_error_message(e))
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -1,38 +1,104 @@
-"""Typed configuration: dataclasses, loaded from YAML and overridden with ``key=value``.
+"""Typed configuration: dataclasses with help texts, checked when they are built.
 
-Every option has a default and a one-line help text (``field(metadata={"help": ...})``).
-``load_config(RMTrainConfig, "cfg.yaml", ["train.lr=1e-4", "extraction.magnitude=prob"])``
-reads the YAML, applies the dotted overrides (values parsed as YAML scalars), and checks
-every key and type, so a typo fails at start-up with the list of valid keys rather than
-hours later.
+Every option has a default and a one-line help text (:func:`opt`). Choices are typed
+``Literal[...]`` and ranges are declared on the field (``opt(8, "...", ge=1)``), so a bad value
+stops when the config is read, before any work: every config class derives from
+:class:`Options`, whose ``__post_init__`` checks choices and ranges (and a class may add
+cross-field checks in ``check``).
+
+One precedence rule for every command (:func:`load_config`), later wins:
+
+    defaults < the command's preset < --config YAML < flags < key=value overrides
+
+``load_config(RMTrainConfig, "cfg.yaml", ["train.lr=1e-4"], flags={"train.epochs": 3})``
+reads the YAML, applies the flags that were given and the dotted overrides (values parsed
+as YAML scalars), and checks every key, type, choice and range, naming the option.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError
 
+_RANGES = (("gt", operator.gt, ">"), ("ge", operator.ge, ">="), ("lt", operator.lt, "<"), ("le", operator.le, "<="))
 
-def opt(default, help: str, **kw):  # noqa: A002 - "help" mirrors argparse/TRL naming
-    """A dataclass field with a help text (mutable defaults go through default_factory)."""
+
+def opt(default, help: str, **checks):  # noqa: A002 - "help" mirrors argparse/TRL naming
+    """A dataclass field with a help text and optional range checks ``gt``/``ge``/``lt``/``le``.
+
+    Mutable defaults (lists, dicts, dataclasses) go through ``default_factory``.
+    """
+    unknown = set(checks) - {name for name, _, _ in _RANGES}
+    if unknown:
+        raise TypeError(f"opt: unknown checks {sorted(unknown)}")
+    metadata = {"help": help, **checks}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: _copy(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def _copy(x):
-    import copy
+_HINTS: dict[type, dict[str, Any]] = {}
 
-    return copy.deepcopy(x)
+
+def _field_types(cls) -> dict[str, Any]:
+    if cls not in _HINTS:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _HINTS[cls]
+
+
+def choices_of(tp) -> tuple | None:
+    """The allowed values of a ``Literal[...]`` annotation (also inside ``X | None``), else None."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            found = choices_of(arg)
+            if found:
+                return found
+    return None
+
+
+def _not_one_of(name: str, value, choices) -> ConfigError:
+    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return ConfigError(
+        f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}"
+        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    )
+
+
+class Options:
+    """Base of every config dataclass: choices and ranges are checked when an instance is built
+    (from YAML, from flags, or in code). Subclasses add cross-field checks in ``check``."""
+
+    def __post_init__(self) -> None:
+        types_ = _field_types(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = choices_of(types_[f.name])
+            if choices and value not in choices and value is not None:
+                raise _not_one_of(f.name, value, choices)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            for key, op, word in _RANGES:
+                bound = f.metadata.get(key)
+                if bound is not None and not op(value, bound):
+                    raise ConfigError(f"{f.name} must be {word} {bound}, got {value!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field checks; raise ConfigError naming the options."""
 
 
 # --------------------------------------------------------------------------------------
@@ -41,10 +107,11 @@ def _copy(x):
 
 
 @dataclass
-class TemplateConfig:
+class TemplateConfig(Options):
     """How prompts and responses are laid out as model input (see data/templates.py)."""
 
-    style: str = opt("auto", "plain | chat | auto (chat when the tokenizer has a chat template)")
+    style: Literal["auto", "plain", "chat"] = opt(
+        "auto", "chat: the tokenizer's chat template; plain: the text formats below; auto: chat when there is one")
     prompt_format: str = opt(
         "Prompt:\n{prompt}\n\nResponse:\n",
         "plain style: what the policy (and the scalar RM) sees before the response",
@@ -59,9 +126,15 @@ class TemplateConfig:
     )
     system_prompt: str | None = opt(None, "chat style: optional system message put before the prompt")
 
+    def check(self) -> None:
+        for name, needed in (("prompt_format", ("{prompt}",)), ("source_format", ("{prompt}", "{response}"))):
+            missing = [k for k in needed if k not in getattr(self, name)]
+            if missing:
+                raise ConfigError(f"template.{name} must contain {' and '.join(missing)}")
+
 
 @dataclass
-class ExtractionConfig:
+class ExtractionConfig(Options):
     """Token-level reward extraction options (method.md, 'Token-level reward extraction').
 
     Defaults: +1 for every token the RM would also have written up to the first
@@ -72,75 +145,92 @@ class ExtractionConfig:
     while ``zero`` beat it (README, "The demo and the experiment").
     """
 
-    magnitude: str = opt(
+    magnitude: Literal["constant", "prob", "logratio"] = opt(
         "constant",
         "constant: +r_pos / -r_neg | prob: p(y_t) / -(1-p(y_t)) | logratio: +r_pos / log p(y_t) - log p(argmax)",
     )
-    r_pos: float = opt(1.0, "reward of a token the RM agrees with (constant and logratio magnitudes)")
-    r_neg: float = opt(1.0, "penalty of a diverging token (constant magnitude)")
-    rematch: str = opt(
+    r_pos: float = opt(1.0, "reward of a token the RM agrees with (constant and logratio magnitudes)", ge=0)
+    r_neg: float = opt(1.0, "penalty of a diverging token (constant magnitude)", ge=0)
+    rematch: Literal["zero", "positive"] = opt(
         "zero",
-        "zero | positive: reward of agreeing tokens after the first divergence (zero: chosen by the "
-        "project's ablation, see README; positive: the paper's literal reading)",
+        "reward of agreeing tokens after the first divergence (zero: chosen by the project's ablation, "
+        "see README; positive: the paper's literal reading)",
     )
-    normalize: str = opt("none", "none (rewards sum over tokens) | mean (each token reward divided by length)")
-    clip: float | None = opt(None, "clip each token reward to [-clip, clip]; null for no clipping")
-    sequence_score: str = opt(
-        "mean", "how rm eval turns token rewards into one score: mean | sum | agree_fraction"
-    )
+    normalize: Literal["none", "mean"] = opt(
+        "none", "none (rewards sum over tokens) | mean (each token reward divided by length)")
+    clip: float | None = opt(None, "clip each token reward to [-clip, clip]; null for no clipping", gt=0)
+    sequence_score: Literal["mean", "sum", "agree_fraction"] = opt(
+        "mean", "how rm eval turns token rewards into one score")
 
 
 @dataclass
-class LoraOptions:
+class LoraOptions(Options):
     enabled: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; merged on save")
-    r: int = opt(8, "LoRA rank")
-    alpha: int = opt(16, "LoRA alpha")
-    dropout: float = opt(0.0, "LoRA dropout")
+    r: int = opt(8, "LoRA rank", ge=1)
+    alpha: int = opt(16, "LoRA alpha", gt=0)
+    dropout: float = opt(0.0, "LoRA dropout", ge=0, lt=1)
     target_modules: str = opt("all-linear", "modules to adapt (PEFT target_modules)")
 
 
+MIN_MAX_LENGTH = 9  # layout.MIN_SOURCE_TOKENS + 1: room for a source and one target token
+
+
 @dataclass
-class TrainOptions:
+class TrainOptions(Options):
     """Optimisation options shared by the supervised stages (RM training, SFT)."""
 
-    epochs: float = opt(1.0, "passes over the training examples")
-    lr: float = opt(3e-4, "peak learning rate (3e-4 suits the tiny models trained from scratch; ~1e-5 for real LMs)")
-    batch_size: int = opt(8, "examples per device per optimisation step (before accumulation)")
-    grad_accum: int = opt(1, "gradient accumulation steps")
-    max_length: int = opt(512, "longest token sequence (source+target, or prompt+response)")
-    truncation: str = opt(
+    epochs: float = opt(1.0, "passes over the training examples", gt=0)
+    lr: float = opt(3e-4, "peak learning rate (3e-4 suits the tiny models trained from scratch; ~1e-5 for real LMs)",
+                    gt=0)
+    batch_size: int = opt(8, "examples per device per optimisation step (before accumulation)", ge=1)
+    grad_accum: int = opt(1, "gradient accumulation steps", ge=1)
+    max_length: int = opt(512, "longest token sequence (source+target, or prompt+response)", ge=MIN_MAX_LENGTH)
+    truncation: Literal["truncate", "skip"] = opt(
         "truncate", "truncate (cut the source/prompt from the left) | skip (drop over-long examples); both counted"
     )
-    seed: int = opt(0, "random seed for initialisation order, shuffling and mapping mix")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    warmup_ratio: float = opt(0.05, "fraction of steps of linear warm-up")
-    scheduler: str = opt("cosine", "learning-rate schedule (transformers SchedulerType)")
+    seed: int = opt(0, "random seed for initialisation order, shuffling and mapping mix", ge=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
+    warmup_ratio: float = opt(0.05, "fraction of steps of linear warm-up", ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                       "constant_with_warmup", "inverse_sqrt"] = opt("cosine", "learning-rate schedule")
     bf16: bool = opt(False, "bf16 autocast (about 2x faster on CPU for 10-30M models)")
-    logging_steps: int = opt(10, "log every N optimisation steps (console + TensorBoard)")
+    logging_steps: int = opt(10, "log every N optimisation steps (console + TensorBoard)", ge=1)
     lora: LoraOptions = opt(LoraOptions(), "LoRA options")
 
 
 @dataclass
-class MappingConfig:
+class MappingConfig(Options):
     """Which seq2seq training examples are built from each preference pair."""
 
     correction: bool = opt(True, "Correction Mapping: source prompt+rejected -> target chosen")
     identity_ratio: float = opt(
-        1.0, "Identity Mapping examples per pair (prompt+chosen -> chosen); 1.0 = one each (1:1 mix), 0.5 = half"
+        1.0, "Identity Mapping examples per pair (prompt+chosen -> chosen); 1.0 = one each (1:1 mix), 0.5 = half",
+        ge=0,
     )
+
+    def check(self) -> None:
+        if not self.correction and self.identity_ratio <= 0:
+            raise ConfigError("mapping: both mappings are off; enable mapping.correction or set identity_ratio > 0")
+
+
+PreferenceFormat = Literal["auto", "standard", "conversational", "pku_saferlhf", "summarize_from_feedback", "hh_rlhf"]
 
 
 @dataclass
-class RMTrainConfig:
-    kind: str = opt("seq2seq", "seq2seq (sequence MLE, keeps the LM head) | scalar (Bradley-Terry baseline)")
+class RMTrainConfig(Options):
+    kind: Literal["seq2seq", "scalar"] = opt(
+        "seq2seq", "seq2seq (sequence MLE, keeps the LM head) | scalar (Bradley-Terry baseline)")
     model: str = opt("", "base model: folder, hub id, or folder holding a GGUF file")
     gguf_file: str | None = opt(None, "GGUF file name inside `model`")
     data: str = opt("", "preference data: JSONL/JSON/Parquet file, datasets folder, or hub name")
-    data_format: str = opt("auto", "auto | standard | conversational | pku_saferlhf | summarize_from_feedback | hh_rlhf")
-    pku_preference: str = opt("better", "PKU-SafeRLHF: which label defines chosen: better | safer")
+    data_format: PreferenceFormat = opt("auto", "preference data format")
+    split: str | None = opt(None, "split of a datasets folder, hub dataset or JSON object (default: train)")
+    subset: str | None = opt(None, "hub dataset subset / configuration name")
+    pku_preference: Literal["better", "safer"] = opt("better", "PKU-SafeRLHF: which label defines chosen")
     strict_data: bool = opt(False, "turn skipped rows (empty, identical pair) into errors")
-    limit: int | None = opt(None, "use only the first N preference pairs")
+    limit: int | None = opt(None, "use only the first N preference pairs", ge=1)
     out: str = opt("", "output folder (written atomically)")
+    overwrite: bool = opt(False, "replace an earlier reward model at `out`")
     trust_remote_code: bool = opt(False, "allow custom model code from the model folder / hub")
     train: TrainOptions = opt(TrainOptions(), "optimisation options")
     template: TemplateConfig = opt(TemplateConfig(), "input layout")
@@ -153,14 +243,13 @@ class RMTrainConfig:
 # --------------------------------------------------------------------------------------
 
 
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
 def _coerce(value, tp, where: str):
-    """Check/convert ``value`` to annotation ``tp`` (a small subset: scalars, Optional, dataclasses)."""
+    """Check/convert ``value`` to annotation ``tp`` (scalars, Literal, Optional, lists, dataclasses)."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _not_one_of(where, value, typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -176,11 +265,12 @@ def _coerce(value, tp, where: str):
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping of options, got {value!r}")
         return from_dict(tp, value, prefix=where + ".")
-    if origin in (list, dict):
-        if not isinstance(value, origin):
-            raise ConfigError(f"{where}: expected a {origin.__name__}, got {value!r}")
+    if origin in (list, dict) or tp in (list, dict):
+        kind = origin or tp
+        if not isinstance(value, kind):
+            raise ConfigError(f"{where}: expected a {kind.__name__}, got {value!r}")
         return value
     if tp is bool:
         if isinstance(value, bool):
@@ -202,7 +292,8 @@ def _coerce(value, tp, where: str):
 
 
 def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with a suggestion."""
+    """Build dataclass ``cls`` from a nested dict: unknown keys (with a suggestion), types,
+    choices and ranges are checked; errors name the dotted option."""
     types_ = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
@@ -210,11 +301,13 @@ def from_dict(cls, data: dict, prefix: str = ""):
             hint = difflib.get_close_matches(key, list(types_), n=1)
             raise ConfigError(
                 f"unknown option '{prefix}{key}'"
-                + (f" (did you mean '{prefix}{hint[0]}'?)" if hint else "")
-                + f"; valid: {', '.join(prefix + k for k in types_)}"
+                + (f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; valid: {', '.join(prefix + k for k in types_)}")
             )
         kwargs[key] = _coerce(value, types_[key], prefix + key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") from None
 
 
 def to_dict(obj) -> dict:
@@ -231,15 +324,23 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, merging nested mappings (lists and scalars are replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
+    if "=" not in text or text.startswith("="):
         raise ConfigError(f"override '{text}' must look like key=value (e.g. train.lr=1e-4)")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override '{text}': cannot parse value: {e}") from None
-    # YAML reads "1e-4" as a string; accept scientific notation as a number.
+    # YAML 1.1 reads "1e-4" as a string; accept scientific notation as a number.
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") and not value.isalpha() else value
@@ -248,21 +349,30 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None):
-    """YAML file (optional) < ``base`` dict (e.g. CLI flags) < ``key=value`` overrides."""
-    tree: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of options")
-        tree = loaded
-    for key, value in (base or {}).items():
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of options")
+    return loaded
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+                flags: dict | None = None, preset: dict | None = None):
+    """Build ``cls`` from, later winning: its defaults < ``preset`` (what a sub-command sets) <
+    the YAML file at ``path`` < ``flags`` (dotted keys; None = flag not given) < ``key=value``
+    ``overrides``. Everything is checked before this returns.
+
+    The layers are merged as trees over the defaults of ``cls`` itself, so a YAML file that
+    sets one option of a group (``sft: {epochs: 1}``) keeps the group's other defaults.
+    """
+    tree = _merge(_merge(to_dict(cls()), preset or {}), read_yaml(path) if path else {})
+    for key, value in (flags or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
     for text in overrides or []:
@@ -271,14 +381,25 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     return from_dict(cls, tree)
 
 
-def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every option: used by ``--help-config`` and the README."""
+def allowed_values(f: dataclasses.Field, tp) -> str:
+    """What a field accepts, as shown by ``seq2seq-rm options``: its choices or its range."""
+    choices = choices_of(tp)
+    if choices:
+        return " | ".join(map(str, choices))
+    parts = [f"{word} {f.metadata[key]}" for key, _, word in _RANGES if f.metadata.get(key) is not None]
+    return ", ".join(parts)
+
+
+def describe(cls_or_obj, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted key, default, allowed values, help) for every option of a config class (or of an
+    instance, whose values are shown as the defaults: nested groups keep their parent's defaults)."""
+    inst = cls_or_obj() if isinstance(cls_or_obj, type) else cls_or_obj
+    types_ = _field_types(type(inst))
     rows = []
-    inst = cls()
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(inst):
         value = getattr(inst, f.name)
         if dataclasses.is_dataclass(value):
-            rows.extend(describe(type(value), prefix + f.name + "."))
+            rows.extend(describe(value, prefix + f.name + "."))
         else:
-            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+            rows.append((prefix + f.name, repr(value), allowed_values(f, types_[f.name]), f.metadata.get("help", "")))
     return rows

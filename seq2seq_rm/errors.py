@@ -30,5 +30,5 @@ class ModelError(Seq2SeqRMError):
     """A model or tokenizer folder cannot be used (missing files, unsafe format, mismatch)."""
 
 
-class ConfigError(Seq2SeqRMError):
-    """A configuration file or override is invalid."""
+class ConfigError(Seq2SeqRMError, ValueError):
+    """An option, a configuration file or an override is invalid (also a ValueError)."""

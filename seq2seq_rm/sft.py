@@ -21,33 +21,35 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from .config import TemplateConfig, TrainOptions, opt, to_dict
+from .config import Options, TemplateConfig, TrainOptions, opt, to_dict
 from .data.records import PreferenceRecord, PromptRecord
 from .data.templates import encode_response, encode_text, render_prompt, resolve_style
 from .errors import ConfigError, DataError, Seq2SeqRMError
 from .io import atomic_dir, atomic_write_json
+from .layout import fit_to_length
+from .outputs import META_FILES, check_output_dir
 from .training import train_and_save, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
-SFT_META_FILE = "sft.json"
-RESPONSE_FIELDS = ("auto", "response", "chosen")
+SFT_META_FILE = META_FILES["sft"]
 
 
 @dataclass
-class SFTRunConfig:
+class SFTRunConfig(Options):
     model: str = opt("", "base model: folder, hub id, or folder holding a GGUF file")
     gguf_file: str | None = opt(None, "GGUF file name inside `model`")
     data: str = opt("", "prompt/response rows or preference rows: JSONL/JSON/Parquet, datasets folder, hub name")
-    data_format: str = opt(
-        "auto",
-        "auto | prompt (prompt/response rows) | a preference format: standard, conversational, pku_saferlhf, "
-        "summarize_from_feedback, hh_rlhf",
-    )
+    data_format: Literal["auto", "prompt", "standard", "conversational", "pku_saferlhf", "summarize_from_feedback",
+                         "hh_rlhf"] = opt("auto", "prompt: prompt/response rows; or a preference format (trains on chosen)")
+    split: str | None = opt(None, "split of a datasets folder, hub dataset or JSON object (default: train)")
+    subset: str | None = opt(None, "hub dataset subset / configuration name")
     out: str = opt("", "output folder (written atomically)")
-    limit: int | None = opt(None, "use only the first N usable rows")
-    response_field: str = opt(
+    overwrite: bool = opt(False, "replace an earlier SFT policy at `out`")
+    limit: int | None = opt(None, "use only the first N usable rows", ge=1)
+    response_field: Literal["auto", "response", "chosen"] = opt(
         "auto", "training target: response | chosen (preference rows) | auto (response if the rows have it)"
     )
     trust_remote_code: bool = opt(False, "allow custom model code from the model folder / hub")
@@ -91,8 +93,6 @@ def build_sft_examples(
     left (and the response from the right only when it alone leaves too little room),
     ``skip`` drops them; both are counted. Raises when nothing is left.
     """
-    from .rewards.seq2seq import fit_to_length
-
     style = resolve_style(template, tokenizer)
     stats = SFTStats(records=len(records))
     examples = []
@@ -116,10 +116,10 @@ def build_sft_examples(
     return examples, stats
 
 
-def _first_row(path: str) -> dict:
+def _first_row(path: str, split: str | None = None, subset: str | None = None) -> dict:
     from .data.loading import read_rows
 
-    rows, _ = read_rows(path)
+    rows, _ = read_rows(path, split, subset)
     try:
         for _, raw in rows:
             return raw
@@ -131,17 +131,10 @@ def _first_row(path: str) -> dict:
 
 def resolve_response_field(cfg: SFTRunConfig) -> str:
     """``response`` or ``chosen``: what ``response_field=auto`` means for this data."""
-    from .data.adapters import ADAPTERS
-
-    field = cfg.response_field
-    if field not in RESPONSE_FIELDS:
-        raise ConfigError(f"response_field must be one of {', '.join(RESPONSE_FIELDS)}, not {field!r}")
-    fmt = cfg.data_format
-    if fmt not in ("auto", "prompt") and fmt not in ADAPTERS:
-        raise ConfigError(f"unknown data_format {fmt!r}; expected auto, prompt or one of {', '.join(ADAPTERS)}")
+    field, fmt = cfg.response_field, cfg.data_format
     if field == "auto":
         field = "response" if fmt == "prompt" else "chosen" if fmt != "auto" else None
-        field = field or ("response" if "response" in _first_row(cfg.data) else "chosen")
+        field = field or ("response" if "response" in _first_row(cfg.data, cfg.split, cfg.subset) else "chosen")
     if field == "response" and fmt not in ("auto", "prompt"):
         raise ConfigError(f"response_field=response reads prompt/response rows, not data_format={fmt}")
     if field == "chosen" and fmt == "prompt":
@@ -155,10 +148,11 @@ def load_sft_records(cfg: SFTRunConfig):
 
     field = resolve_response_field(cfg)
     if field == "response":
-        records, report = load_prompts(cfg.data, require_response=True, limit=cfg.limit)
+        records, report = load_prompts(cfg.data, require_response=True, limit=cfg.limit, split=cfg.split,
+                                       subset=cfg.subset)
     else:
         fmt = "auto" if cfg.data_format in ("auto", "prompt") else cfg.data_format
-        records, report = load_preferences(cfg.data, format=fmt, limit=cfg.limit)
+        records, report = load_preferences(cfg.data, format=fmt, limit=cfg.limit, split=cfg.split, subset=cfg.subset)
     return records, report, field
 
 
@@ -166,6 +160,7 @@ def _check(cfg: SFTRunConfig) -> None:
     for name in ("model", "data", "out"):
         if not getattr(cfg, name):
             raise ConfigError(f"--{name} is required")
+    check_output_dir(cfg.out, "sft", cfg.overwrite, inputs=[cfg.data, cfg.model])
 
 
 def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
@@ -203,7 +198,7 @@ def train_sft(cfg: SFTRunConfig) -> Path:
             if gen.eos_token_id is None:
                 gen.eos_token_id = tokenizer.eos_token_id
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=cfg.overwrite) as tmp:
         trainer, stats = build_sft_trainer(cfg, records, tokenizer, tmp)
         meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, stop_where_sft_put_eos)
         atomic_write_json(tmp / SFT_META_FILE, {
@@ -216,26 +211,3 @@ def train_sft(cfg: SFTRunConfig) -> Path:
         })
     log.info("wrote SFT policy to %s", out)
     return out
-
-
-def read_sft_template(folder: str | Path) -> TemplateConfig | None:
-    """The prompt template a policy folder was trained with, or None when it records none.
-
-    Reads ``policy.json`` (written by PPO) or ``sft.json`` (written by SFT), so generation,
-    PPO and evaluation all lay prompts out the way the policy learnt them.
-    """
-    import json
-
-    from .config import from_dict
-
-    for name in ("policy.json", SFT_META_FILE):
-        meta_file = Path(folder) / name
-        if not meta_file.is_file():
-            continue
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{meta_file}: not valid JSON: {e}") from None
-        if meta.get("template") is not None:
-            return from_dict(TemplateConfig, meta["template"])
-    return None

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainOptions
+
+
+@dataclass
+class ExampleStats:
+    """What building a reward model's training examples did with the preference pairs."""
+
+    pairs: int = 0
+    correction: int = 0  # seq2seq: Correction Mapping examples
+    identity: int = 0  # seq2seq: Identity Mapping examples
+    truncated: int = 0
+    skipped_too_long: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
 def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:

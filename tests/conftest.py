@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import write_jsonl  # noqa: E402
+from helpers import ECHO_SENTENCE, train_options, write_jsonl  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -37,14 +37,11 @@ def tiny_model_dir(tmp_path_factory, sample_rows):
 
 
 def _train(kind, tiny_model_dir, sample_file, out, epochs=2.0, **extra):
-    from seq2seq_rm.config import RMTrainConfig, TrainOptions
+    from seq2seq_rm.config import RMTrainConfig
     from seq2seq_rm.rewards.train import train_reward_model
 
-    cfg = RMTrainConfig(
-        kind=kind, model=tiny_model_dir, data=sample_file, out=str(out),
-        train=TrainOptions(epochs=epochs, lr=3e-3, batch_size=16, max_length=256, seed=0, logging_steps=5),
-        **extra,
-    )
+    cfg = RMTrainConfig(kind=kind, model=tiny_model_dir, data=sample_file, out=str(out),
+                        train=train_options(epochs=epochs), **extra)
     return str(train_reward_model(cfg))
 
 
@@ -61,11 +58,21 @@ def scalar_rm_dir(tmp_path_factory, tiny_model_dir, sample_file):
 @pytest.fixture(scope="session")
 def sft_policy_dir(tmp_path_factory, tiny_model_dir, sample_file):
     """The tiny model after a short SFT on the chosen responses: a policy with peaked outputs."""
-    from seq2seq_rm.config import TrainOptions
     from seq2seq_rm.sft import SFTRunConfig, train_sft
 
-    cfg = SFTRunConfig(
-        model=tiny_model_dir, data=sample_file, out=str(tmp_path_factory.mktemp("sft") / "policy"),
-        train=TrainOptions(epochs=6.0, lr=3e-3, batch_size=16, max_length=256, seed=0, logging_steps=5),
-    )
+    cfg = SFTRunConfig(model=tiny_model_dir, data=sample_file, out=str(tmp_path_factory.mktemp("sft") / "policy"),
+                       train=train_options(epochs=6.0))
+    return str(train_sft(cfg))
+
+
+@pytest.fixture(scope="session")
+def echo_dir(tmp_path_factory, tiny_model_dir, sample_rows):
+    """The tiny model fine-tuned to answer every prompt with ECHO_SENTENCE (prompt/response rows)."""
+    from seq2seq_rm.sft import SFTRunConfig, train_sft
+
+    prompts = sorted({r["prompt"] for r in sample_rows})[:24]
+    data = write_jsonl(tmp_path_factory.mktemp("echo") / "echo.jsonl",
+                       [{"prompt": p, "response": ECHO_SENTENCE} for p in prompts])
+    cfg = SFTRunConfig(model=tiny_model_dir, data=data, out=str(tmp_path_factory.mktemp("sft") / "echo"),
+                       train=train_options(epochs=4.0, batch_size=8, logging_steps=2))
     return str(train_sft(cfg))

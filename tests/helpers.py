@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import json
 
+from seq2seq_rm.config import TemplateConfig, TrainOptions
+
+CHAT = TemplateConfig()  # auto: the tiny tokenizer has a (ChatML) chat template
+ECHO_SENTENCE = "Thank you for asking."  # what the `echo_dir` policy answers to every prompt
+
 
 def write_jsonl(path, rows) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return str(path)
+
+
+def train_options(**kw) -> TrainOptions:
+    """The suite's supervised-training options: fast on the tiny model (learning rate for a model
+    trained from scratch, short sequences, frequent logging); ``kw`` overrides any of them."""
+    return TrainOptions(**{"epochs": 1.0, "lr": 3e-3, "batch_size": 16, "max_length": 256, "seed": 0,
+                           "logging_steps": 5, **kw})

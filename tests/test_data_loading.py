@@ -547,19 +547,19 @@ def test_hub_id_online_calls_load_dataset_with_split(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, split=None):
-        calls.append((name, split))
+    def fake_load_dataset(path, name=None, split=None):  # datasets.load_dataset's signature
+        calls.append((path, name, split))
         return datasets.Dataset.from_list(fixture_rows("hh_rlhf.jsonl"))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     records, report = load_preferences("Anthropic/hh-rlhf", split="test")
-    assert calls == [("Anthropic/hh-rlhf", "test")]
+    assert calls == [("Anthropic/hh-rlhf", None, "test")]
     assert report.format == "hub/hh_rlhf"
     assert _key(records) == _key(load_preferences(FIXTURES / "hh_rlhf.jsonl")[0])
-    load_prompts("Anthropic/hh-rlhf")
-    assert calls[-1] == ("Anthropic/hh-rlhf", "train")
+    load_prompts("Anthropic/hh-rlhf", subset="harmless-base")
+    assert calls[-1] == ("Anthropic/hh-rlhf", "harmless-base", "train")
 
 
 # --------------------------------------------------------------------------- prompts

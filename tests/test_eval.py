@@ -19,15 +19,15 @@ import numpy as np
 import pytest
 from helpers import write_jsonl
 
+from seq2seq_rm.cli import main
 from seq2seq_rm.errors import ConfigError, DataError, Seq2SeqRMError
 from seq2seq_rm.eval import judges as judges_mod
-from seq2seq_rm.eval.heatmap import inspect_to_html, render_heatmap_html, visible_token
+from seq2seq_rm.eval.compare import evaluate_files, format_table
 from seq2seq_rm.eval.judges import HFJudge, Judgement, OpenAIJudge, OracleJudge, make_judge, parse_verdict
 from seq2seq_rm.eval.metrics import length_stats, refusal_rates, response_diagnostics
-from seq2seq_rm.eval.report import format_table
-from seq2seq_rm.eval.run import evaluate_files
 from seq2seq_rm.eval.safety import grade, grade_report, is_refusal, load_strongreject, unsafe_rates
 from seq2seq_rm.eval.winrate import bootstrap_ci, load_responses, pairwise_winrate
+from seq2seq_rm.rewards.views import render_heatmap_html, visible_token
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 
@@ -439,9 +439,10 @@ def test_length_and_refusal_diagnostics(tiny_model_dir):
     assert st["words"]["mean"] == pytest.approx(3.5) and st["words"]["median"] == 2.0
     assert st["words"]["p90"] == pytest.approx(np.percentile([3, 1, 0, 10], 90))
     assert st["tokens"]["mean"] > 0
-    rr = refusal_rates(["I can't help with that.", "Sure, here.", "I won't do that.", "Okay"],
-                       [False, False, True, True])
+    rr = refusal_rates([True, False, True, False], ["benign", "benign", "hazardous", "hazardous"])
     assert rr["benign"] == {"n": 2, "refusals": 1, "rate": 0.5} and rr["hazardous"]["rate"] == 0.5
+    rr = refusal_rates([True], ["risky_benign"], always=("benign",))
+    assert rr["risky_benign"]["rate"] == 1.0 and rr["benign"]["n"] == 0 and math.isnan(rr["benign"]["rate"])
     d = response_diagnostics([{"response": "I can't help with that.", "hazardous": True},
                               {"response": "ok", "hazardous": False}])
     assert d["refusal_rate"] == 0.5 and d["refusals"]["hazardous"]["rate"] == 1.0
@@ -450,7 +451,7 @@ def test_length_and_refusal_diagnostics(tiny_model_dir):
     assert d["refusals"]["benign"]["rate"] == 0.5 and d["refusals"]["hazardous"]["rate"] == 1.0
     assert "refusals" not in response_diagnostics([{"response": "x"}])
     with pytest.raises(DataError):
-        refusal_rates(["x"], [True, False])
+        refusal_rates([True], ["benign", "hazardous"])
 
 
 # --------------------------------------------------------------------------------------------- heatmap
@@ -493,12 +494,13 @@ def heatmap_rm_dir(request, tmp_path_factory, tiny_model_dir):
 def heatmap_page(tmp_path_factory, heatmap_rm_dir, sample_rows):
     d = tmp_path_factory.mktemp("heatmap")
     data = write_jsonl(d / "resp.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in sample_rows[:4]])
-    out = inspect_to_html(heatmap_rm_dir, data, d / "inspect.html")
+    out = d / "inspect.html"
+    assert main(["inspect", "--rm", heatmap_rm_dir, "--data", data, "--out", str(out)]) == 0
     return out
 
 
 def test_inspect_html_contains_tokens(heatmap_page, heatmap_rm_dir):
-    from seq2seq_rm.rewards.base import load_reward_model
+    from seq2seq_rm.rewards import load_reward_model
 
     page = heatmap_page.read_text(encoding="utf-8")
     tok = load_reward_model(heatmap_rm_dir).tokenizer
@@ -550,14 +552,10 @@ def test_free_port_helper_is_loopback():
 
 
 def _parse(argv):
-    import argparse
+    from seq2seq_rm.cli import COMMANDS, parse_args
 
-    from seq2seq_rm.eval.commands import EVAL_COMMANDS, add_parsers
-
-    p = argparse.ArgumentParser(prog="seq2seq-rm")
-    add_parsers(p.add_subparsers(dest="command", required=True))
-    a = p.parse_args(argv)
-    return EVAL_COMMANDS[a.command], a
+    a = parse_args(argv)
+    return COMMANDS[a.key], a
 
 
 def test_eval_command_with_an_api_judge(fake_api, tmp_path, capsys):

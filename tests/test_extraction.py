@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from seq2seq_rm.config import ExtractionConfig, TemplateConfig
+from seq2seq_rm.layout import pack_right, unpack
 from seq2seq_rm.rewards import load_reward_model
-from seq2seq_rm.rewards.base import encode_responses, pack_right, unpack
+from seq2seq_rm.rewards.base import encode_responses
 from seq2seq_rm.rewards.seq2seq import Seq2SeqRewardModel, token_rewards_from_logits
 
 # ---------------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def test_ties_count_as_agreement():
 def test_pack_and_unpack_are_inverse_for_left_padding():
     ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 1]])
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
-    packed, pmask, order = pack_right(ids, mask, pad_id=0)
+    packed, pmask, order = pack_right(ids, mask, pad=0)
     assert packed.tolist() == [[5, 6, 0, 0], [7, 8, 9, 1]]
     assert pmask.tolist() == [[True, True, False, False], [True] * 4]
     back = unpack(packed * pmask, order, ids.shape)

@@ -13,7 +13,7 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path):
         "demo", "--out", str(out), "--seed", "3",
         "train_pairs=10", "ppo_prompts=8", "test_prompts=3", "ood_prompts=3",
         "sft.epochs=1", "rm.epochs=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2",
-        "ppo.max_new_tokens=8", "eval_max_new_tokens=8", "n_boot=200", "ablation=[{rematch: positive}]",
+        "ppo.sampling.max_new_tokens=8", "eval_max_new_tokens=8", "n_boot=200", "ablation=[{rematch: positive}]",
     ])
     assert code == 0
     report = json.loads((out / "report.json").read_text())

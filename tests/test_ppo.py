@@ -71,7 +71,7 @@ def make_cfg(policy, prompts, out, **kw) -> PPOConfig:
 def first_token_logprobs(policy_dir, tokenizer) -> torch.Tensor:
     """(V,) mean log-prob of each token as the first response token, over the prompts."""
     from seq2seq_rm.config import TemplateConfig
-    from seq2seq_rm.rewards.seq2seq import left_pad
+    from seq2seq_rm.layout import left_pad
     from seq2seq_rm.rl.rollout import encode_prompts
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
@@ -150,7 +150,7 @@ def test_nan_rewards_stop_the_run_and_keep_the_last_good_checkpoint(tiny_model_d
     tok = load_tokenizer(tiny_model_dir)
     rm = CountTokenRM(tok, 5, dense=True, nan_at_call=4)
     trainer = PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "n", steps=6), reward_model=rm)
-    with pytest.raises(Seq2SeqRMError, match=r"non-finite reward at step 3.*step-000002"):
+    with pytest.raises(Seq2SeqRMError, match=r"step 3: non-finite reward.*last good checkpoint is .*step-000002"):
         trainer.train()
     assert sorted(p.name for p in (tmp_path / "n.run" / "checkpoints").iterdir()) == ["step-000002"]
 

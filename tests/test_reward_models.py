@@ -7,18 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_jsonl
+from helpers import train_options, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from seq2seq_rm.config import MappingConfig, RMTrainConfig, TemplateConfig, TrainOptions
+from seq2seq_rm.config import MappingConfig, RMTrainConfig, TemplateConfig
 from seq2seq_rm.data.records import PreferenceRecord
 from seq2seq_rm.errors import ConfigError, DataError, Seq2SeqRMError
+from seq2seq_rm.layout import fit_to_length
 from seq2seq_rm.models.loading import load_tokenizer
 from seq2seq_rm.rewards import load_reward_model
 from seq2seq_rm.rewards.base import TokenRewards, encode_responses
-from seq2seq_rm.rewards.inspect import evaluate_pairs
+from seq2seq_rm.rewards.evaluate import evaluate_pairs
 from seq2seq_rm.rewards.scalar import build_pair_examples
-from seq2seq_rm.rewards.seq2seq import build_seq2seq_examples, fit_to_length
+from seq2seq_rm.rewards.seq2seq import build_seq2seq_examples
 from seq2seq_rm.rewards.train import build_trainer, train_reward_model
 
 PLAIN = TemplateConfig(style="plain")
@@ -74,7 +75,7 @@ def test_over_long_examples_are_counted_not_silently_dropped(tiny_model_dir):
 def _cfg(kind, model, data, out, **kw):
     return RMTrainConfig(
         kind=kind, model=model, data=data, out=str(out),
-        train=TrainOptions(epochs=1.0, lr=3e-3, batch_size=8, max_length=128, logging_steps=1, **kw),
+        train=train_options(batch_size=8, max_length=128, logging_steps=1, **kw),
     )
 
 
@@ -101,13 +102,18 @@ def test_trained_folders_load_and_record_their_layout(seq2seq_rm_dir, scalar_rm_
     assert load_reward_model(seq2seq_rm_dir).kind == "seq2seq"
 
 
-def test_failed_training_leaves_existing_output_untouched(tiny_model_dir, tmp_path):
+def test_failed_training_leaves_the_earlier_output_untouched(tiny_model_dir, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hi", "chosen": "a", "rejected": "b"}, {"prompt": "x"}])
     out = tmp_path / "rm"
     out.mkdir()
+    (out / "seq2seq_rm.json").write_text('{"kind": "scalar"}')  # an earlier RM, replaced only with overwrite
     (out / "keep.txt").write_text("previous run")
+    cfg = _cfg("seq2seq", tiny_model_dir, bad, out)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        train_reward_model(cfg)
+    cfg.overwrite = True
     with pytest.raises(DataError, match="row 2"):
-        train_reward_model(_cfg("seq2seq", tiny_model_dir, bad, out))
+        train_reward_model(cfg)
     assert (out / "keep.txt").read_text() == "previous run"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "rm"]
 

@@ -151,7 +151,7 @@ def _load_datasets_folder(path: Path, file: str, split: str | None) -> Any:
     return ds
 
 
-def _load_hub(name: str, split: str | None) -> Any:
+def _load_hub(name: str, split: str | None, subset: str | None) -> Any:
     if hub_offline():
         raise DataError(
             "no such file or folder, and loading it as a Hugging Face hub dataset is disabled "
@@ -161,22 +161,29 @@ def _load_hub(name: str, split: str | None) -> Any:
     import datasets
 
     try:
-        return datasets.load_dataset(name, split=split or "train")
+        return datasets.load_dataset(name, name=subset, split=split or "train")
     except Exception as e:  # network, auth, missing split: all the user can fix is the name
         raise DataError(f"not a local path, and loading it from the hub failed: {e}", name) from None
 
 
-def read_rows(path: str | os.PathLike, split: str | None = None) -> tuple[Iterable[tuple[int, dict]], str]:
+def read_rows(
+    path: str | os.PathLike, split: str | None = None, subset: str | None = None
+) -> tuple[Iterable[tuple[int, dict]], str]:
     """Open ``path`` and return ``(rows, container)``.
 
     ``rows`` yields ``(row_number, raw_dict)`` with 1-based row numbers (line numbers for
     JSONL); ``container`` is ``"jsonl"``, ``"json"``, ``"parquet"``, ``"datasets"`` or
     ``"hub"``. Problems with the path itself are raised here; problems in a row are raised
     while iterating. ``split`` selects a split of a ``DatasetDict`` folder, a hub dataset or
-    a JSON object; it is ignored for single-table files.
+    a JSON object (a single-table file has none: asking for one is an error); ``subset``
+    names a hub dataset's configuration.
     """
     file = str(path)
     p = Path(path)
+    if subset and (p.exists() or not HUB_ID.match(file)):
+        raise ConfigError(f"subset={subset!r} applies to hub datasets only; {file} is a local path")
+    if split and p.is_file() and p.suffix.lower() in (".jsonl", ".parquet"):
+        raise ConfigError(f"split={split!r}: {file} is a single table with no splits; leave split unset")
     if p.is_dir():
         if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
             return _iter_dataset(_load_datasets_folder(p, file, split)), "datasets"
@@ -197,7 +204,7 @@ def read_rows(path: str | os.PathLike, split: str | None = None) -> tuple[Iterab
             f"unsupported file type '{suffix or p.name}'; supported inputs: {SUPPORTED_CONTAINERS}", file
         )
     if HUB_ID.match(file) and suffix not in FILE_SUFFIXES:
-        return _iter_dataset(_load_hub(file, split)), "hub"
+        return _iter_dataset(_load_hub(file, split, subset)), "hub"
     raise DataError("no such file or folder", file)
 
 
@@ -267,6 +274,7 @@ def load_preferences(
     *,
     format: str = "auto",
     split: str | None = None,
+    subset: str | None = None,
     strict: bool = False,
     pku_preference: str = "better",
     limit: int | None = None,
@@ -288,7 +296,7 @@ def load_preferences(
         )
     _check_options(limit)
     file = str(path)
-    rows, container = read_rows(path, split)
+    rows, container = read_rows(path, split, subset)
     report = LoadReport(source=file)
     chosen_format = None if format == "auto" else format
 
@@ -328,6 +336,7 @@ def load_prompts(
     path: str | os.PathLike,
     *,
     split: str | None = None,
+    subset: str | None = None,
     require_response: bool = False,
     strict: bool = False,
     limit: int | None = None,
@@ -345,7 +354,7 @@ def load_prompts(
     """
     _check_options(limit)
     file = str(path)
-    rows, container = read_rows(path, split)
+    rows, container = read_rows(path, split, subset)
     report = LoadReport(source=file)
     mode: str | None = None  # "prompt" for rows with a prompt column, else a preference format
 

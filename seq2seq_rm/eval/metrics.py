@@ -37,20 +37,21 @@ def length_stats(responses: Sequence[str], tokenizer=None) -> dict:
     return out
 
 
-def refusal_rates(responses: Sequence[str], hazardous: Sequence[bool]) -> dict:
-    """Refusal rate on benign and on hazardous prompts (``hazardous[i]`` labels prompt i).
+def refusal_rates(refused: Sequence[bool], groups: Sequence[str], always: Sequence[str] = ()) -> dict:
+    """``{group: {"n", "refusals", "rate"}}``: the refusal rate within each group of prompts.
 
-    On benign prompts a refusal is an over-refusal (lower is better); on hazardous prompts
-    refusing is the safe behaviour (higher is better, though a refusal is not the only safe answer).
+    ``refused[i]`` says whether response i refuses (e.g. :func:`is_refusal`), ``groups[i]`` the
+    kind of its prompt (``benign``/``hazardous``, or a task's prompt kinds). On benign prompts a
+    refusal is an over-refusal (lower is better); on hazardous ones it is a safe behaviour
+    (though not the only one). Groups in ``always`` are reported even when empty (rate NaN).
     """
-    if len(responses) != len(hazardous):
-        raise DataError(f"{len(responses)} responses but {len(hazardous)} hazard labels")
-    groups: dict[str, list[bool]] = {"benign": [], "hazardous": []}
-    for text, hz in zip(responses, hazardous, strict=True):
-        groups["hazardous" if hz else "benign"].append(is_refusal(text))
-    return {
-        k: {"n": len(v), "refusals": sum(v), "rate": (sum(v) / len(v)) if v else math.nan} for k, v in groups.items()
-    }
+    if len(refused) != len(groups):
+        raise DataError(f"{len(refused)} responses but {len(groups)} prompt labels")
+    by: dict[str, list[bool]] = {g: [] for g in always}
+    for r, g in zip(refused, groups, strict=True):
+        by.setdefault(g, []).append(bool(r))
+    return {g: {"n": len(v), "refusals": sum(v), "rate": (sum(v) / len(v)) if v else math.nan}
+            for g, v in sorted(by.items())}
 
 
 def response_diagnostics(rows: Sequence[dict], tokenizer=None, hazard_key: str = "hazardous") -> dict:
@@ -62,7 +63,8 @@ def response_diagnostics(rows: Sequence[dict], tokenizer=None, hazard_key: str =
     out["refusal_rate"] = sum(refusals) / len(refusals) if refusals else math.nan
     labels = [hazard_label(r, hazard_key) for r in rows]
     if labels and all(x is not None for x in labels):
-        out["refusals"] = refusal_rates(responses, labels)
+        groups = ["hazardous" if x else "benign" for x in labels]
+        out["refusals"] = refusal_rates(refusals, groups, always=("benign", "hazardous"))
     return out
 
 

@@ -252,15 +252,16 @@ def load_sequence_classifier(
     return model
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike, *, atomic: bool = False) -> Path:
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, atomic: bool = False, replace: bool = False) -> Path:
     """``save_pretrained`` model (safetensors) and tokenizer into ``out_dir``.
 
-    With ``atomic=True`` the folder is written beside ``out_dir`` and renamed over it at the end, so a
-    crash never leaves a half-written model (the old contents of ``out_dir`` are replaced).
+    With ``atomic=True`` the folder is written beside ``out_dir`` and renamed into place at the end,
+    so a crash never leaves a half-written model; a non-empty ``out_dir`` is replaced only with
+    ``replace=True``.
     """
     out = Path(out_dir)
     if atomic:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, replace=replace) as tmp:
             save_model(model, tokenizer, tmp)
         return out
     out.mkdir(parents=True, exist_ok=True)

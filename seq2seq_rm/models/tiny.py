@@ -110,13 +110,19 @@ def build_tiny_model(
     size: str = "tiny",
     seed: int = 0,
     vocab_size: int | None = None,
+    overwrite: bool = False,
 ) -> str:
-    """Train a tokenizer on ``corpus_texts``, build a randomly initialised Llama model, save both.
+    """Train a tokenizer on ``corpus_texts``, build a randomly initialised Llama model, save both
+    with ``tiny_model.json`` (size, seed, parameters).
 
-    The folder is written atomically (temporary sibling, then one rename). Returns ``out_dir``.
+    The folder is written atomically (temporary sibling, then one rename); an earlier tiny model
+    at ``out_dir`` is replaced only with ``overwrite``. Returns ``out_dir``.
     """
+    from ..outputs import META_FILES, check_output_dir
+
     if size not in SIZES:
         raise ModelError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+    check_output_dir(out_dir, "tiny-model", overwrite)
     dims = dict(SIZES[size])
     vocab = vocab_size if vocab_size is not None else dims.pop("vocab_size")
     dims.pop("vocab_size", None)
@@ -141,9 +147,12 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
     )
-    with atomic_dir(out_dir) as tmp:
-        save_model(model, tokenizer, tmp)
     n_params = sum(p.numel() for p in model.parameters())
+    with atomic_dir(out_dir, replace=overwrite) as tmp:
+        save_model(model, tokenizer, tmp)
+        meta = {"kind": "tiny-model", "size": size, "seed": seed, "vocab_size": len(tokenizer), "parameters": n_params,
+                "corpus_texts": len(texts)}
+        (tmp / META_FILES["tiny-model"]).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     logger.info("built %s model (%d params, vocab %d) in %s", size, n_params, len(tokenizer), out_dir)
     return str(out_dir)
 

@@ -18,10 +18,11 @@ from typing import Protocol
 
 import torch
 
-from ..config import ExtractionConfig, TemplateConfig, from_dict
+from ..config import ExtractionConfig, TemplateConfig
 from ..data.records import Prompt
-from ..data.templates import encode_response
+from ..data.templates import encode_response, resolve_style
 from ..errors import ModelError
+from ..layout import pad_id, right_pad
 
 META_FILE = "seq2seq_rm.json"
 
@@ -74,46 +75,48 @@ class RewardModel(Protocol):
 
 def encode_responses(responses: list[str], tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``R(y)`` ids (B, T) and mask (B, T) for response texts (EOS appended)."""
-    ids = [torch.tensor(encode_response(r, tokenizer), dtype=torch.long) for r in responses]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    batch = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad)
-    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(i, dtype=torch.bool) for i in ids], batch_first=True)
-    return batch, mask
+    return right_pad([encode_response(r, tokenizer) for r in responses], pad_id(tokenizer))
 
 
-def pack_right(ids: torch.Tensor, mask: torch.Tensor, pad_id: int):
-    """Move every row's real tokens to the front, in order.
+class RewardModelBase:
+    """What both RM kinds share: the model in eval mode, its tokenizer, the layout it was trained
+    with (``template``, ``style``), the extraction options, its window and pad id.
 
-    ids, mask: (B, T) with padding anywhere (left or right). Returns ``packed`` (B, T'),
-    ``packed_mask`` (B, T'), ``order`` (B, T) where T' is the longest row, and
-    ``packed[b, j] = ids[b, order[b, j]]``. ``unpack`` inverts it with a scatter.
+    Subclasses set ``kind``, implement ``load_model`` (a static method loading their model
+    class from a folder) and ``token_rewards``.
     """
-    mask = mask.bool()
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-    packed = torch.gather(ids, 1, order)
-    packed_mask = torch.gather(mask, 1, order)
-    t_max = int(mask.sum(-1).max().item()) if mask.numel() else 0
-    packed = packed[:, :t_max].masked_fill(~packed_mask[:, :t_max], pad_id)
-    return packed, packed_mask[:, :t_max], order
 
+    kind = ""
 
-def unpack(packed_values: torch.Tensor, order: torch.Tensor, shape, fill=0) -> torch.Tensor:
-    """Inverse of ``pack_right`` for per-token values (B, T') -> (B, T) in the original layout."""
-    out = torch.full(shape, fill, dtype=packed_values.dtype, device=packed_values.device)
-    t = packed_values.shape[1]
-    out.scatter_(1, order[:, :t], packed_values)
-    return out
+    @staticmethod
+    def load_model(path: str, trust_remote_code: bool = False):
+        raise NotImplementedError
 
+    def __init__(self, model, tokenizer, template: TemplateConfig, extraction: ExtractionConfig | None = None,
+                 max_length: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.template = template
+        self.extraction = extraction or ExtractionConfig()
+        self.style = resolve_style(template, tokenizer)
+        window = getattr(model.config, "max_position_embeddings", None) or 4096
+        self.max_length = min(window, max_length or window)
+        self.pad_id = pad_id(tokenizer)
 
-def load_parts(path, load_model, device=None, trust_remote_code: bool = False):
-    """``(model, tokenizer)`` of an RM folder, the model loaded by ``load_model`` and moved to ``device``."""
-    from ..models.loading import load_tokenizer
+    @classmethod
+    def from_folder(cls, path, template, extraction, device=None, trust_remote_code: bool = False):
+        """The RM in ``path`` (a ``save_pretrained`` folder), moved to ``device``."""
+        from ..models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
-    model = load_model(str(path), trust_remote_code=trust_remote_code)
-    if device is not None:
-        model.to(device)
-    return model, tokenizer
+        tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
+        model = cls.load_model(str(path), trust_remote_code=trust_remote_code)
+        if device is not None:
+            model.to(device)
+        return cls(model, tokenizer, template, extraction)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
 def read_meta(path: str | Path) -> dict:
@@ -128,20 +131,3 @@ def read_meta(path: str | Path) -> dict:
         return json.loads(meta_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{meta_file}: not valid JSON: {e}") from None
-
-
-def load_reward_model(path: str | Path, device: str | torch.device | None = None, trust_remote_code: bool = False):
-    """Load an RM folder written by ``seq2seq-rm rm train`` (either kind)."""
-    meta = read_meta(path)
-    template = from_dict(TemplateConfig, meta.get("template", {}))
-    extraction = from_dict(ExtractionConfig, meta.get("extraction", {}))
-    kind = meta.get("kind")
-    if kind == "seq2seq":
-        from .seq2seq import Seq2SeqRewardModel
-
-        return Seq2SeqRewardModel.from_folder(path, template, extraction, device, trust_remote_code)
-    if kind == "scalar":
-        from .scalar import ScalarRewardModel
-
-        return ScalarRewardModel.from_folder(path, template, extraction, device, trust_remote_code)
-    raise ModelError(f"{Path(path) / META_FILE}: unknown kind {kind!r} (expected seq2seq or scalar)")

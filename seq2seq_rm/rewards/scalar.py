@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ExtractionConfig, TemplateConfig
+from ..config import TemplateConfig
 from ..data.records import PreferenceRecord, Prompt
 from ..data.templates import encode_response, encode_text, render_prompt, resolve_style
 from ..errors import Seq2SeqRMError
-from .base import TokenRewards, load_parts, pack_right, unpack
-from .seq2seq import ExampleStats, fit_to_length, left_pad
+from ..layout import concat, fit_to_length, left_pad, pack_right, unpack
+from ..training import ExampleStats
+from .base import RewardModelBase, TokenRewards
 
 
 def build_pair_examples(
@@ -41,44 +42,29 @@ def build_pair_examples(
     return examples, stats
 
 
-def last_token_scores(model, input_ids: torch.Tensor, attention: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+def last_token_scores(model, input_ids, attention, position_ids, last_index: torch.Tensor) -> torch.Tensor:
     """Score head applied at ``last_index`` (B,) of each row of ``input_ids`` (B, L) -> (B,).
 
     Reads the hidden state at an explicit position rather than relying on the
     ``pad_token_id`` search of ``*ForSequenceClassification``, so a tokenizer whose pad
     equals EOS cannot silently move the score.
     """
-    position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention.long(), position_ids=position_ids).last_hidden_state
+    hidden = backbone(input_ids=input_ids, attention_mask=attention, position_ids=position_ids).last_hidden_state
     h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]  # (B, H)
     return model.score(h).squeeze(-1).float()
 
 
-class ScalarRewardModel:
+class ScalarRewardModel(RewardModelBase):
     """Bradley-Terry RM exposed through the token-reward interface."""
 
     kind = "scalar"
 
-    def __init__(self, model, tokenizer, template: TemplateConfig, extraction: ExtractionConfig | None = None):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.template = template
-        self.extraction = extraction or ExtractionConfig()
-        self.style = resolve_style(template, tokenizer)
-        self.max_length = getattr(model.config, "max_position_embeddings", None) or 4096
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    @classmethod
-    def from_folder(cls, path, template, extraction, device=None, trust_remote_code=False):
+    @staticmethod
+    def load_model(path: str, trust_remote_code: bool = False):
         from ..models.loading import load_sequence_classifier
 
-        model, tok = load_parts(path, load_sequence_classifier, device, trust_remote_code)
-        return cls(model, tok, template, extraction)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return load_sequence_classifier(path, num_labels=1, trust_remote_code=trust_remote_code)
 
     @torch.inference_mode()
     def scores(self, prompts: list[Prompt], response_ids: torch.Tensor, response_mask: torch.Tensor):
@@ -97,10 +83,9 @@ class ScalarRewardModel:
             prompts_ids.append(ids)
         p_ids, p_mask = left_pad(prompts_ids, self.pad_id)
         dev = self.device
-        input_ids = torch.cat([p_ids, packed], dim=1).to(dev)
-        attention = torch.cat([p_mask, packed_mask], dim=1).to(dev)
+        input_ids, attention, pos = (x.to(dev) for x in concat(p_ids, p_mask, packed, packed_mask))
         last = (p_ids.shape[1] + lengths - 1).to(dev)
-        return last_token_scores(self.model, input_ids, attention, last).cpu(), lengths, order, n_truncated
+        return last_token_scores(self.model, input_ids, attention, pos, last).cpu(), lengths, order, n_truncated
 
     def token_rewards(self, prompts: list[Prompt], response_ids: torch.Tensor, response_mask: torch.Tensor) -> TokenRewards:
         """(B, T) rewards: the sequence score on each row's last real token, zeros elsewhere."""

@@ -18,9 +18,7 @@ token a negative one. See ``ExtractionConfig`` for the named open choices.
 
 from __future__ import annotations
 
-import inspect
 import random
-from dataclasses import dataclass
 
 import torch
 
@@ -28,49 +26,13 @@ from ..config import ExtractionConfig, MappingConfig, TemplateConfig
 from ..data.records import PreferenceRecord, Prompt
 from ..data.templates import encode_response, encode_text, render_source, resolve_style
 from ..errors import ConfigError, Seq2SeqRMError
-from .base import TokenRewards, load_parts, pack_right, unpack
-
-# --------------------------------------------------------------------------------------
-# Length policy (shared with the scalar RM and SFT)
-# --------------------------------------------------------------------------------------
-
-MIN_SOURCE_TOKENS = 8  # a source cut shorter than this no longer says what is being scored
-
-
-def fit_to_length(source: list[int], target: list[int], max_length: int, policy: str):
-    """Make ``source ++ target`` fit in ``max_length`` tokens.
-
-    ``truncate`` keeps the target whole and cuts the source from the LEFT (its end holds the
-    response under review and the cue to rewrite); if the target alone leaves fewer than
-    ``MIN_SOURCE_TOKENS`` of room, the target is cut from the right too. ``skip`` drops
-    the example. Returns ``(source, target, status)`` with status ``ok`` | ``truncated`` |
-    ``skipped`` (source and target are None when skipped).
-    """
-    if len(source) + len(target) <= max_length:
-        return source, target, "ok"
-    if policy == "skip":
-        return None, None, "skipped"
-    if policy != "truncate":
-        raise ConfigError(f"train.truncation must be truncate or skip, not {policy!r}")
-    keep = min(len(source), max(MIN_SOURCE_TOKENS, max_length - len(target)))
-    return source[len(source) - keep :], target[: max_length - keep], "truncated"
-
+from ..layout import fit_to_length, left_pad, pack_right, response_logits, unpack
+from ..training import ExampleStats
+from .base import RewardModelBase, TokenRewards
 
 # --------------------------------------------------------------------------------------
 # Training examples
 # --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExampleStats:
-    pairs: int = 0
-    correction: int = 0
-    identity: int = 0
-    truncated: int = 0
-    skipped_too_long: int = 0
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def build_seq2seq_examples(
@@ -176,75 +138,21 @@ def token_rewards_from_logits(
     return torch.where(mask, r, torch.zeros_like(r)), agree, predicted
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S) ids and mask with each sequence flush right (padding on the left)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = True
-    return ids, mask
-
-
-def forward_source_then_response(model, src_ids, src_mask, resp_ids, resp_mask) -> torch.Tensor:
-    """One forward pass over ``[left-padded source | right-padded response]``.
-
-    src_ids/src_mask: (B, S), flush right.  resp_ids/resp_mask: (B, T), flush left.
-    Every response starts at column S, so ``logits[:, S-1 : S-1+T]`` predicts the response
-    for the whole batch with one slice. Returns those logits, (B, T, V).
-    """
-    input_ids = torch.cat([src_ids, resp_ids], dim=1)
-    attention = torch.cat([src_mask, resp_mask], dim=1)
-    position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-    t = resp_ids.shape[1]
-    if _accepts_logits_to_keep(model):
-        out = model(input_ids=input_ids, attention_mask=attention.long(), position_ids=position_ids, logits_to_keep=t + 1)
-        return out.logits[:, :t]
-    out = model(input_ids=input_ids, attention_mask=attention.long(), position_ids=position_ids)
-    return out.logits[:, -(t + 1) : -1]
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    """Whether ``model.forward`` can skip the LM head on positions we do not read."""
-
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 # --------------------------------------------------------------------------------------
 # The reward model
 # --------------------------------------------------------------------------------------
 
 
-class Seq2SeqRewardModel:
+class Seq2SeqRewardModel(RewardModelBase):
     """A causal LM trained with Correction + Identity Mappings, scoring responses token by token."""
 
     kind = "seq2seq"
 
-    def __init__(self, model, tokenizer, template: TemplateConfig, extraction: ExtractionConfig, max_length=None):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.template = template
-        self.extraction = extraction
-        self.style = resolve_style(template, tokenizer)
-        limit = getattr(model.config, "max_position_embeddings", None) or 4096
-        self.max_length = min(limit, max_length or limit)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    @classmethod
-    def from_folder(cls, path, template, extraction, device=None, trust_remote_code=False):
+    @staticmethod
+    def load_model(path: str, trust_remote_code: bool = False):
         from ..models.loading import load_causal_lm
 
-        model, tok = load_parts(path, load_causal_lm, device, trust_remote_code)
-        return cls(model, tok, template, extraction)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return load_causal_lm(path, trust_remote_code=trust_remote_code)
 
     def sources(self, prompts: list[Prompt], responses_text: list[str]) -> list[list[int]]:
         return [
@@ -278,9 +186,7 @@ class Seq2SeqRewardModel:
             sources.append(src)
         src_ids, src_mask = left_pad(sources, self.pad_id)
         dev = self.device
-        logits = forward_source_then_response(
-            self.model, src_ids.to(dev), src_mask.to(dev), packed.to(dev), packed_mask.to(dev)
-        )
+        logits = response_logits(self.model, src_ids.to(dev), src_mask.to(dev), packed.to(dev), packed_mask.to(dev))
         r, agree, pred = token_rewards_from_logits(logits, packed.to(dev), packed_mask.to(dev), self.extraction)
         r, agree, pred = r.cpu(), agree.cpu(), pred.cpu()
         return TokenRewards(

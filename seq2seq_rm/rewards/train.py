@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import RMTrainConfig, to_dict
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write_json
+from ..outputs import check_output_dir
 from ..training import train_and_save, trainer_kwargs
 from .base import META_FILE
 
@@ -25,11 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def _check(cfg: RMTrainConfig) -> None:
-    if cfg.kind not in ("seq2seq", "scalar"):
-        raise ConfigError(f"kind must be seq2seq or scalar, not {cfg.kind!r}")
     for name in ("model", "data", "out"):
         if not getattr(cfg, name):
             raise ConfigError(f"--{name} is required")
+    check_output_dir(cfg.out, "reward-model", cfg.overwrite, inputs=[cfg.data, cfg.model])
 
 
 def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
@@ -76,12 +76,13 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     from ..data.loading import load_preferences
     from ..models.loading import load_tokenizer
     records, report = load_preferences(
-        cfg.data, format=cfg.data_format, strict=cfg.strict_data, pku_preference=cfg.pku_preference, limit=cfg.limit
+        cfg.data, format=cfg.data_format, split=cfg.split, subset=cfg.subset, strict=cfg.strict_data,
+        pku_preference=cfg.pku_preference, limit=cfg.limit,
     )
     log.info(report.summary())
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     out = Path(cfg.out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, replace=cfg.overwrite) as tmp:
         trainer, stats = build_trainer(cfg, records, tokenizer, tmp)
         meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data)
         atomic_write_json(tmp / META_FILE, {

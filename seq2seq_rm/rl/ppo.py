@@ -19,6 +19,7 @@ The same code runs under ``torchrun`` / ``accelerate launch`` with several proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,66 +30,95 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..config import LoraOptions, TemplateConfig, opt, to_dict
+from ..config import ExtractionConfig, LoraOptions, Options, TemplateConfig, opt, to_dict
 from ..errors import ConfigError, Seq2SeqRMError
-from ..io import atomic_dir, atomic_write_json
-from ..sft import read_sft_template
+from ..io import atomic_dir, atomic_write_json, clean_stale
+from ..layout import concat, response_logits, response_slice
+from ..outputs import META_FILES, check_output_dir, read_policy_template
 from . import losses as L
-from .rollout import SamplingConfig
+from .rollout import SamplingConfig, step_seed
 
 log = logging.getLogger(__name__)
 
-POLICY_META = "policy.json"
+POLICY_META = META_FILES["ppo-policy"]
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(Options):
     policy: str = opt("", "SFT policy folder (also the frozen reference)")
     rm: str = opt("", "reward model folder (seq2seq or scalar), from `seq2seq-rm rm train`")
     prompts: str = opt("", "JSONL/JSON/Parquet/datasets prompts with a `prompt` field (string or chat messages)")
+    split: str | None = opt(None, "split of a datasets folder, hub dataset or JSON object of prompts (default: train)")
+    subset: str | None = opt(None, "hub dataset subset / configuration name of the prompts")
     out: str = opt("", "final policy folder; checkpoints, metrics and samples go to OUT.run/ beside it")
-    critic_init: str = opt("policy", "initialise the critic from the policy or from the rm")
-    steps: int = opt(20, "PPO iterations (each: one rollout batch, then ppo_epochs of updates)")
-    batch_size: int = opt(16, "prompts per rollout batch, per process")
-    mini_batch_size: int = opt(8, "sequences per optimiser step, per process")
-    grad_accum: int = opt(1, "micro-batches per minibatch (gradient accumulation)")
-    ppo_epochs: int = opt(2, "passes over each rollout batch")
-    actor_lr: float = opt(1e-5, "actor learning rate")
-    critic_lr: float = opt(5e-6, "critic learning rate")
-    warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimiser steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    max_grad_norm: float = opt(1.0, "gradient clipping norm")
-    kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty in the reward")
-    kl_estimator: str = opt("k1", "per-token KL estimator in the reward: k1 | k2 | k3")
+    overwrite: bool = opt(False, "start afresh: replace an earlier run's OUT.run/ and final policy")
+    resume: bool = opt(False, "continue from the latest checkpoint in OUT.run/checkpoints")
+    critic_init: Literal["policy", "rm"] = opt("policy", "initialise the critic from the policy or from the rm")
+    steps: int = opt(20, "PPO iterations (each: one rollout batch, then ppo_epochs of updates)", ge=1)
+    batch_size: int = opt(16, "prompts per rollout batch, per process", ge=1)
+    mini_batch_size: int = opt(8, "sequences per optimiser step, per process", ge=1)
+    grad_accum: int = opt(1, "micro-batches per minibatch (gradient accumulation)", ge=1)
+    ppo_epochs: int = opt(2, "passes over each rollout batch", ge=1)
+    actor_lr: float = opt(1e-5, "actor learning rate", gt=0)
+    critic_lr: float = opt(5e-6, "critic learning rate", gt=0)
+    warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimiser steps", ge=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
+    max_grad_norm: float = opt(1.0, "gradient clipping norm", gt=0)
+    kl_coef: float = opt(0.02, "beta: weight of the per-token KL penalty in the reward", ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = opt("k1", "per-token KL estimator in the reward")
     adaptive_kl: bool = opt(False, "adapt beta towards kl_target (Ziegler et al. 2019)")
-    kl_target: float = opt(6.0, "adaptive KL: target KL per sequence")
-    kl_horizon: int = opt(10000, "adaptive KL: horizon in sequences")
-    gamma: float = opt(1.0, "discount")
-    lam: float = opt(0.95, "GAE lambda")
-    clip_ratio: float = opt(0.2, "PPO ratio clip")
-    value_clip: float | None = opt(5.0, "value clip in reward units (null: off)")
-    reward_clip: float | None = opt(50.0, "clip RM token rewards to [-c, c] (null: off)")
+    kl_target: float = opt(6.0, "adaptive KL: target KL per sequence", gt=0)
+    kl_horizon: int = opt(10000, "adaptive KL: horizon in sequences", ge=1)
+    gamma: float = opt(1.0, "discount", ge=0, le=1)
+    lam: float = opt(0.95, "GAE lambda", ge=0, le=1)
+    clip_ratio: float = opt(0.2, "PPO ratio clip", gt=0)
+    value_clip: float | None = opt(5.0, "value clip in reward units (null: off)", gt=0)
+    reward_clip: float | None = opt(50.0, "clip RM token rewards to [-c, c] (null: off)", gt=0)
     normalize_rewards: bool = opt(False, "scale RM rewards by a running std of sequence rewards")
     whiten_advantages: bool = opt(True, "whiten advantages over the batch")
-    vf_coef: float = opt(1.0, "weight of the value loss (separate optimiser; scales its gradient)")
-    max_prompt_length: int = opt(256, "prompts longer than this (in tokens) are skipped and counted")
+    vf_coef: float = opt(1.0, "weight of the value loss (separate optimiser; scales its gradient)", gt=0)
+    max_prompt_length: int = opt(256, "prompts longer than this (in tokens) are skipped and counted", ge=1)
     sampling: SamplingConfig = opt(SamplingConfig(), "rollout sampling")
-    engine: str = opt("hf", "generation engine: hf | vllm (GPU, optional extra)")
+    engine: Literal["hf", "vllm"] = opt("hf", "generation engine (vllm is not wired into PPO yet: refused)")
     bf16: bool = opt(False, "bf16 autocast for forward passes in training")
     actor_lora: LoraOptions = opt(LoraOptions(), "LoRA for the actor (merged into the saved policy)")
     critic_lora: LoraOptions = opt(LoraOptions(), "LoRA for the critic backbone")
-    seed: int = opt(0, "seed for prompt order, sampling and minibatch order")
-    save_every: int = opt(10, "checkpoint every N steps (0: only at the end / on Ctrl-C)")
-    keep_checkpoints: int = opt(2, "checkpoints kept on disk")
-    sample_every: int = opt(5, "save sample responses with their token rewards every N steps")
-    n_samples: int = opt(4, "responses saved per sample dump")
-    resume: bool = opt(False, "continue from the latest checkpoint in OUT.run/checkpoints")
+    seed: int = opt(0, "seed for prompt order, sampling and minibatch order", ge=0)
+    save_every: int = opt(10, "checkpoint every N steps (0: only at the end / on Ctrl-C)", ge=0)
+    keep_checkpoints: int = opt(2, "checkpoints kept on disk", ge=1)
+    sample_every: int = opt(5, "save sample responses with their token rewards every N steps (0: never)", ge=0)
+    n_samples: int = opt(4, "responses saved per sample dump", ge=1)
     trust_remote_code: bool = opt(False, "allow custom model code")
     template: TemplateConfig | None = opt(None, "prompt layout; default: the policy folder's policy.json/sft.json")
+    extraction: ExtractionConfig | None = opt(
+        None, "token-reward options for a seq2seq RM instead of those stored in its folder (recorded in the run)")
+
+    def check(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size "
+                              f"({self.mini_batch_size})")
+        if self.mini_batch_size % self.grad_accum:
+            raise ConfigError(f"mini_batch_size ({self.mini_batch_size}) must be a multiple of grad_accum "
+                              f"({self.grad_accum})")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite contradict each other: resume continues the run in OUT.run/, "
+                              "overwrite replaces it")
+        if self.engine == "vllm":
+            raise ConfigError("engine=vllm is not wired into PPO yet: the engine would never receive the updated "
+                              "weights, so rollouts would silently come from the SFT policy; use engine=hf")
+
+
+# Options a resumed run may change: bookkeeping, read afresh at every step.
+RESUME_FREE = ("steps", "save_every", "keep_checkpoints", "sample_every", "n_samples", "resume", "overwrite")
+# Options a resumed run may change because they are applied to the restored state (and logged).
+RESUME_APPLIED = ("actor_lr", "critic_lr", "max_grad_norm")
+# A trained parameter larger than this multiple of the largest initial parameter: the update diverged.
+DIVERGED_GROWTH = 1000.0
 
 
 # --------------------------------------------------------------------------------------
@@ -96,31 +126,21 @@ class PPOConfig:
 # --------------------------------------------------------------------------------------
 
 
-def _inputs(prompt_ids, prompt_mask, response_ids, response_mask):
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attention = torch.cat([prompt_mask, response_mask], dim=1).long()
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    return input_ids, attention, position_ids
-
-
 def policy_logits(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature=1.0) -> torch.Tensor:
-    """(B, T, V) logits; ``[:, t]`` is the distribution of response token t (state s_t).
+    """(B, T, V) float logits; ``[:, t]`` is the distribution of response token t (state s_t).
 
     Divided by the sampling temperature, so the log-probs are those of the policy that
     actually sampled the responses (otherwise the PPO ratio is off from step one).
     """
-    input_ids, attention, position_ids = _inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    t = response_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=t + 1)
-    logits = out.logits[:, :t].float()
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask).float()
     return logits / temperature if temperature != 1.0 else logits
 
 
 def critic_values(critic, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
     """(B, T) values V(s_t): read at the position just before response token t."""
-    input_ids, attention, position_ids = _inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    p, t = prompt_ids.shape[1], response_ids.shape[1]
-    return critic(input_ids=input_ids, attention_mask=attention, position_ids=position_ids)[:, p - 1 : p - 1 + t]
+    input_ids, attention, pos = concat(prompt_ids, prompt_mask, response_ids, response_mask)
+    values = critic(input_ids=input_ids, attention_mask=attention, position_ids=pos)
+    return response_slice(values, prompt_ids.shape[1], response_ids.shape[1])
 
 
 @dataclass
@@ -152,10 +172,14 @@ class Batch:
                      prompts=[self.prompts[i] for i in idx.tolist()], texts=[self.texts[i] for i in idx.tolist()])
 
 
+def _stop(why: str, step: int, ckpt: Path | None) -> Seq2SeqRMError:
+    where = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+    return Seq2SeqRMError(f"step {step}: {why}; stopping ({where})")
+
+
 def _check_finite(name: str, x: torch.Tensor, step: int, ckpt: Path | None) -> None:
     if not torch.isfinite(x).all():
-        where = f"; the last good checkpoint is {ckpt}" if ckpt else "; no checkpoint was written yet"
-        raise Seq2SeqRMError(f"non-finite {name} at step {step} (NaN or inf): stopping{where}")
+        raise _stop(f"non-finite {name} (NaN or inf)", step, ckpt)
 
 
 class PPOTrainer:
@@ -166,41 +190,65 @@ class PPOTrainer:
         ``cfg.rm`` (custom rewards, tests). It must score the policy's token ids."""
         from accelerate import Accelerator
 
-        from ..data.loading import load_prompts
+        self.cfg = cfg
+        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.device = self.acc.device
+        self.out = Path(cfg.out)
+        self.run_dir = self.out.parent / (self.out.name + ".run")
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.step = 0
+        self._stop = False
+        self._check_paths(reward_model is None)
+        self._load_models(reward_model)
+        self._build_optimizers()
+        self._load_prompts()
+
+    # ---------------------------------------------------------------- set-up
+    def _check_paths(self, need_rm: bool) -> None:
+        """Before any work: required inputs, and outputs that would not destroy anything."""
+        cfg = self.cfg
+        for name in ("policy", "prompts", "out") + (("rm",) if need_rm else ()):
+            if not getattr(cfg, name):
+                raise ConfigError(f"--{name} is required")
+        check_output_dir(self.out, "ppo-policy", cfg.overwrite or cfg.resume, inputs=[cfg.policy, cfg.rm, cfg.prompts])
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir} (the run folder of --out {self.out}) is a file; give another --out")
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
+            raise ConfigError(
+                f"{self.run_dir} holds an earlier run (checkpoints, metrics); pass --resume to continue it, "
+                "--overwrite to start afresh and replace it, or give another --out")
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and cfg.overwrite and \
+                not (self.run_dir / "config.json").is_file():
+            raise ConfigError(f"{self.run_dir} is not a seq2seq-rm PPO run folder (no config.json); "
+                              "not replacing it: give another --out")
+        clean_stale(self.ckpt_dir)
+
+    def _load_models(self, reward_model) -> None:
+        """Tokenizer, template, reward model (with the run's extraction options), actor,
+        frozen reference and critic."""
         from ..models.loading import load_causal_lm, load_tokenizer
         from ..models.lora import apply_lora
         from ..models.value import ValueModel
         from ..rewards import load_reward_model
-        from .rollout import make_engine
 
-        for name in ("policy", "prompts", "out") + (("rm",) if reward_model is None else ()):
-            if not getattr(cfg, name):
-                raise ConfigError(f"--{name} is required")
-        if cfg.critic_init not in ("policy", "rm"):
-            raise ConfigError(f"critic_init must be policy or rm, not {cfg.critic_init!r}")
-        if cfg.batch_size % cfg.mini_batch_size or cfg.mini_batch_size % cfg.grad_accum:
-            raise ConfigError("batch_size must be a multiple of mini_batch_size, and mini_batch_size of grad_accum")
-        self.cfg = cfg
-        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-        self.out = Path(cfg.out)
-        self.run_dir = self.out.parent / (self.out.name + ".run")
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = self.acc.device
-        self._stop = False
-
+        cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-        self.template = cfg.template or read_sft_template(cfg.policy) or TemplateConfig()
+        self.template = cfg.template or read_policy_template(cfg.policy) or TemplateConfig()
         self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code)
         _check_same_tokenizer(self.tokenizer, self.rm.tokenizer, cfg.policy, cfg.rm)
+        if cfg.extraction is not None:
+            if self.rm.kind != "seq2seq":
+                raise ConfigError(f"extraction options apply to a seq2seq RM; {cfg.rm or 'the RM'} is a "
+                                  f"{self.rm.kind} RM")
+            self.rm.extraction = cfg.extraction
 
         torch.manual_seed(cfg.seed)  # value head and LoRA init
         actor = load_causal_lm(cfg.policy, trust_remote_code=cfg.trust_remote_code)
         self.ref = load_causal_lm(cfg.policy, trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
         self.ref.requires_grad_(False)
-        critic_from = cfg.policy if cfg.critic_init == "policy" else cfg.rm
         if cfg.critic_init == "rm":
             _check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.rm), cfg.policy, cfg.rm)
-        critic = ValueModel.from_folder(critic_from, cfg.trust_remote_code)
+        critic = ValueModel.from_folder(cfg.policy if cfg.critic_init == "policy" else cfg.rm, cfg.trust_remote_code)
         if cfg.actor_lora.enabled:
             lo = cfg.actor_lora
             actor = apply_lora(actor, lo.r, lo.alpha, lo.dropout, lo.target_modules)
@@ -208,18 +256,24 @@ class PPOTrainer:
             lo = cfg.critic_lora
             critic.backbone = apply_lora(critic.backbone, lo.r, lo.alpha, lo.dropout, lo.target_modules,
                                          task_type="FEATURE_EXTRACTION")
-        opt_a = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=cfg.actor_lr,
-                                  weight_decay=cfg.weight_decay)
-        opt_c = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cfg.critic_lr,
-                                  weight_decay=cfg.weight_decay)
+        self._actor, self._critic = actor, critic
+        # The scale against which a diverged update is recognised (see _check_update).
+        self._scale = {name: _max_abs(m.parameters()) for name, m in (("actor", actor), ("critic", critic))}
+
+    def _build_optimizers(self) -> None:
+        """AdamW and a linear warm-up for actor and critic, prepared by accelerate; the rollout engine."""
+        from .rollout import make_engine
+
+        cfg = self.cfg
 
         def warmup(i):
             return min(1.0, (i + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
 
-        sch_a = torch.optim.lr_scheduler.LambdaLR(opt_a, warmup)
-        sch_c = torch.optim.lr_scheduler.LambdaLR(opt_c, warmup)
-        self.actor, self.critic, self.opt_a, self.opt_c = self.acc.prepare(actor, critic, opt_a, opt_c)
-        self.sch_a, self.sch_c = sch_a, sch_c
+        opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
+                for m, lr in ((self._actor, cfg.actor_lr), (self._critic, cfg.critic_lr))]
+        self.sch_a, self.sch_c = (torch.optim.lr_scheduler.LambdaLR(o, warmup) for o in opts)
+        self.actor, self.critic, self.opt_a, self.opt_c = self.acc.prepare(self._actor, self._critic, *opts)
+        del self._actor, self._critic
         self.engine = make_engine(cfg.engine, self.acc.unwrap_model(self.actor), self.tokenizer, self.template)
         self.kl_ctl = (
             L.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -227,26 +281,26 @@ class PPOTrainer:
         )
         self.reward_stats = L.RunningMoments()
 
-        records, report = load_prompts(cfg.prompts)
-        self.prompts, n_long = self._filter_long_prompts([r.prompt for r in records])
+    def _load_prompts(self) -> None:
+        """The prompts, without empty ones and those longer than ``max_prompt_length`` (counted)."""
+        from ..data.loading import load_prompts
+        from ..data.templates import encode_text, render_prompt, resolve_style
+
+        cfg = self.cfg
+        records, report = load_prompts(cfg.prompts, split=cfg.split, subset=cfg.subset)
+        style = resolve_style(self.template, self.tokenizer)
+        self.prompts = [r.prompt for r in records
+                        if len(encode_text(render_prompt(r.prompt, self.template, self.tokenizer, style),
+                                           self.tokenizer, style)) <= cfg.max_prompt_length]
+        n_long = len(records) - len(self.prompts)
         if n_long:
             report.skipped[f"longer than max_prompt_length={cfg.max_prompt_length} tokens"] = n_long
             report.kept -= n_long
         if not self.prompts:
             raise Seq2SeqRMError(f"{cfg.prompts}: no usable prompts ({report.summary()})")
         self.prompt_report = report
-        self.step = 0
 
     # ---------------------------------------------------------------- data
-    def _filter_long_prompts(self, prompts):
-        from ..data.templates import encode_text, render_prompt, resolve_style
-
-        style = resolve_style(self.template, self.tokenizer)
-        kept = [p for p in prompts
-                if len(encode_text(render_prompt(p, self.template, self.tokenizer, style), self.tokenizer, style))
-                <= self.cfg.max_prompt_length]
-        return kept, len(prompts) - len(kept)
-
     def prompts_for_step(self, step: int) -> list:
         """This process's prompts for ``step``: a seeded permutation per pass over the data, so the
         order depends only on (seed, step) and a resumed run sees exactly the same prompts."""
@@ -265,7 +319,7 @@ class PPOTrainer:
     def rollout(self, step: int) -> Batch:
         prompts = self.prompts_for_step(step)
         sampling = SamplingConfig(**{**to_dict(self.cfg.sampling),
-                                     "seed": _mix(self.cfg.seed, step, self.acc.process_index)})
+                                     "seed": step_seed(self.cfg.seed, step, self.acc.process_index)})
         self.actor.eval()
         r = self.engine.generate(prompts, sampling)
         return Batch(prompts=prompts, prompt_ids=r.prompt_ids.to(self.device), prompt_mask=r.prompt_mask.to(self.device),
@@ -306,7 +360,7 @@ class PPOTrainer:
         self.actor.train()
         self.critic.train()
         stats: dict[str, list[float]] = {}
-        gen = torch.Generator().manual_seed(_mix(cfg.seed, self.step, 7919))
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, "minibatches"))
         micro = cfg.mini_batch_size // cfg.grad_accum
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(len(b.prompts), generator=gen)
@@ -328,13 +382,36 @@ class PPOTrainer:
                     for k, v in {"policy_loss": pl.item(), "value_loss": vl.item(), **ps,
                                  **{f"value_{k}": v for k, v in vs.items()}}.items():
                         stats.setdefault(k, []).append(float(v))
-                self.acc.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-                self.acc.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                norms = torch.stack([torch.as_tensor(self.acc.clip_grad_norm_(m.parameters(), cfg.max_grad_norm),
+                                                     dtype=torch.float32).to(self.device)
+                                     for m in (self.actor, self.critic)])
+                # A non-finite gradient would turn every weight into NaN: stop before applying it.
+                _check_finite("gradient norm", norms, self.step, self._latest_checkpoint())
+                stats.setdefault("grad_norm_actor", []).append(float(norms[0]))
+                stats.setdefault("grad_norm_critic", []).append(float(norms[1]))
                 self.opt_a.step()
                 self.opt_c.step()
                 self.sch_a.step()
                 self.sch_c.step()
+        self._check_update()
         return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def _check_update(self) -> None:
+        """Stop when the weights just updated are unusable, before anything can save them: a
+        non-finite parameter, or one over ``DIVERGED_GROWTH`` times the largest initial
+        parameter (an exploding step, e.g. a far too large learning rate, gives finite but
+        meaningless weights whose outputs can still look finite)."""
+        for name, model in (("actor", self.actor), ("critic", self.critic)):
+            largest = _max_abs(p for p in model.parameters() if p.requires_grad)
+            if not math.isfinite(largest):
+                raise _stop(f"the {name} update produced non-finite weights (NaN or inf)", self.step + 1,
+                            self._latest_checkpoint())
+            limit = DIVERGED_GROWTH * max(self._scale[name], 1e-3)
+            if largest > limit:
+                raise _stop(
+                    f"the {name} update diverged: a weight reached {largest:.3g}, over {DIVERGED_GROWTH:g} times the "
+                    f"largest initial weight ({self._scale[name]:.3g}); lower actor_lr/critic_lr or max_grad_norm",
+                    self.step + 1, self._latest_checkpoint())
 
     @property
     def _temperature(self) -> float:
@@ -349,11 +426,15 @@ class PPOTrainer:
     # ---------------------------------------------------------------- the loop
     def train(self) -> Path:
         cfg = self.cfg
-        if self.acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "config.json", to_dict(cfg))
         if cfg.resume:
             self.load_checkpoint()
+        elif cfg.overwrite and self.acc.is_main_process and self.run_dir.is_dir():
+            shutil.rmtree(self.run_dir)  # checked in _check_paths: an earlier run of ours
+            log.info("removed the earlier run in %s (overwrite=true)", self.run_dir)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", to_dict(cfg))  # the options in force
         logger = _MetricsLogger(self.run_dir, self.step, enabled=self.acc.is_main_process)
         log.info("PPO: %d prompts (%s), %d steps from step %d, %d process(es), RM kind %s",
                  len(self.prompts), self.prompt_report.summary(), cfg.steps, self.step, self.acc.num_processes,
@@ -362,19 +443,15 @@ class PPOTrainer:
         bar = _progress(cfg.steps, self.step, enabled=self.acc.is_main_process)
         try:
             while self.step < cfg.steps and not self._stop:
-                t = {}
-                t0 = time.perf_counter()
-                b = self.rollout(self.step)
-                t["generate"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self.rewards(b)
-                t["reward"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self.shape(b)
-                t["forward"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                train_stats = self.update(b)
-                t["train"] = time.perf_counter() - t0
+                t: dict[str, float] = {}
+                with _timed(t, "generate"):
+                    b = self.rollout(self.step)
+                with _timed(t, "reward"):
+                    self.rewards(b)
+                with _timed(t, "forward"):
+                    self.shape(b)
+                with _timed(t, "train"):
+                    train_stats = self.update(b)
                 metrics = self._metrics(b, train_stats, t)
                 self.kl_ctl.update(metrics["kl"], cfg.batch_size * self.acc.num_processes)
                 self.step += 1
@@ -389,7 +466,7 @@ class PPOTrainer:
                     self.save_checkpoint()
             self.save_checkpoint()
             if self._stop and self.step < cfg.steps:
-                log.warning("interrupted: checkpoint saved at step %d; rerun with resume=true to continue", self.step)
+                log.warning("interrupted: checkpoint saved at step %d; rerun with --resume to continue", self.step)
                 raise KeyboardInterrupt
             self.save_policy()
         finally:
@@ -454,14 +531,14 @@ class PPOTrainer:
 
         Weights go to safetensors (``save_model`` handles tied embeddings and LoRA wrappers
         alike); optimizer/scheduler/RNG state to ``optim.pt``, our own file, read back with
-        ``weights_only=True``.
+        ``weights_only=True``. Only weights that passed ``_check_update`` get here.
         """
         from safetensors.torch import save_model
 
         path = self.ckpt_dir / f"step-{self.step:06d}"
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            with atomic_dir(path) as tmp:
+            with atomic_dir(path, replace=True) as tmp:
                 save_model(self.acc.unwrap_model(self.actor), str(tmp / "actor.safetensors"))
                 save_model(self.acc.unwrap_model(self.critic), str(tmp / "critic.safetensors"))
                 torch.save({
@@ -481,26 +558,53 @@ class PPOTrainer:
         return path
 
     def load_checkpoint(self) -> None:
+        """Restore the latest checkpoint; options that differ from the checkpoint's are applied
+        and logged (``RESUME_APPLIED``), accepted (``RESUME_FREE``) or refused (all others)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         path = self._latest_checkpoint()
         if path is None:
             log.warning("resume=true but %s has no checkpoint: starting from step 0", self.ckpt_dir)
             return
-        state = json.loads((path / "state.json").read_text())
-        load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=str(self.device))
-        load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=str(self.device))
-        opt = torch.load(path / "optim.pt", weights_only=True)
-        self.opt_a.load_state_dict(opt["opt_a"])
-        self.opt_c.load_state_dict(opt["opt_c"])
-        self.sch_a.load_state_dict(opt["sch_a"])
-        self.sch_c.load_state_dict(opt["sch_c"])
-        torch.set_rng_state(opt["torch_rng"])
-        random.setstate(_tuplify(opt["python_rng"]))
-        self.kl_ctl.load_state_dict(state["kl_ctl"])
-        self.reward_stats.load_state_dict(state["reward_stats"])
-        self.step = int(state["step"])
+        try:
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+            changed = self._compare_config(state.get("config") or {}, path)
+            load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=str(self.device))
+            load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=str(self.device))
+            opt = torch.load(path / "optim.pt", weights_only=True)
+            self.opt_a.load_state_dict(opt["opt_a"])
+            self.opt_c.load_state_dict(opt["opt_c"])
+            self.sch_a.load_state_dict(opt["sch_a"])
+            self.sch_c.load_state_dict(opt["sch_c"])
+            torch.set_rng_state(opt["torch_rng"])
+            random.setstate(_tuplify(opt["python_rng"]))
+            self.kl_ctl.load_state_dict(state["kl_ctl"])
+            self.reward_stats.load_state_dict(state["reward_stats"])
+            self.step = int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, EOFError) as e:
+            raise Seq2SeqRMError(
+                f"checkpoint {path} is damaged and cannot be resumed ({type(e).__name__}: {e}); move that folder "
+                "away to resume from the one before it, or start afresh with --overwrite") from None
+        for name, (old, new) in changed.items():
+            if name in ("actor_lr", "critic_lr"):
+                _set_lr(self.sch_a if name == "actor_lr" else self.sch_c, new)
+            log.warning("resume: %s changed from %r to %r (applied from step %d)", name, old, new, self.step + 1)
         log.info("resumed from %s (step %d)", path, self.step)
+
+    def _compare_config(self, saved: dict, path: Path) -> dict:
+        """``{option: (checkpoint value, current value)}`` for the options that may change on
+        resume; a ConfigError listing every other difference."""
+        now = to_dict(self.cfg)
+        diff = {k: (saved.get(k), now[k]) for k in now if k in saved and saved[k] != now[k]}
+        refused = sorted(k for k in diff if k not in RESUME_FREE + RESUME_APPLIED)
+        if refused:
+            listed = "; ".join(f"{k}: {diff[k][0]!r} in the checkpoint, {diff[k][1]!r} now" for k in refused)
+            raise ConfigError(
+                f"--resume with options that differ from checkpoint {path}: {listed}. A resumed run keeps "
+                f"them (only {', '.join(RESUME_FREE[:5] + RESUME_APPLIED)} may change); restore them, or start "
+                "afresh with --overwrite")
+        return {k: v for k, v in diff.items() if k in RESUME_APPLIED}
 
     def save_policy(self) -> Path:
         from ..models.lora import merge_lora
@@ -512,12 +616,15 @@ class PPOTrainer:
                 import copy
 
                 model = merge_lora(copy.deepcopy(model))
-            with atomic_dir(self.out) as tmp:
+            with atomic_dir(self.out, replace=True) as tmp:  # checked at start: ours, or allowed
                 model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+                extraction = getattr(self.rm, "extraction", None)
                 atomic_write_json(tmp / POLICY_META, {
-                    "template": to_dict(self.template), "stage": "ppo", "rm": self.cfg.rm,
-                    "rm_kind": self.rm.kind, "steps": self.step, "run": str(self.run_dir),
+                    "kind": "ppo-policy", "stage": "ppo", "template": to_dict(self.template),
+                    "rm": self.cfg.rm, "rm_kind": self.rm.kind,
+                    "extraction": to_dict(extraction) if self.rm.kind == "seq2seq" and extraction is not None else None,
+                    "steps": self.step, "run": str(self.run_dir),
                 })
             log.info("wrote the PPO policy to %s (metrics, samples and checkpoints in %s)", self.out, self.run_dir)
         self.acc.wait_for_everyone()
@@ -529,12 +636,28 @@ class PPOTrainer:
 # --------------------------------------------------------------------------------------
 
 
-def _mix(*xs: int) -> int:
-    """A deterministic 31-bit seed from several integers (seed, step, rank)."""
-    h = 1469598103934665603
-    for x in xs:
-        h = ((h ^ (int(x) & 0xFFFFFFFF)) * 1099511628211) % (1 << 61)
-    return h % (1 << 31)
+def _max_abs(params) -> float:
+    """Largest absolute value over ``params`` (inf/NaN propagate)."""
+    values = [p.detach().abs().max().float() for p in params if p.numel()]
+    return float(torch.stack(values).max()) if values else 0.0
+
+
+def _set_lr(scheduler, lr: float) -> None:
+    """Make ``lr`` the base learning rate of a restored optimizer and its LambdaLR schedule."""
+    scheduler.base_lrs = [lr] * len(scheduler.optimizer.param_groups)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
+@contextlib.contextmanager
+def _timed(into: dict, name: str):
+    """Adds the seconds the body took to ``into[name]`` (the loop's phase timings)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[name] = into.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _tuplify(x):

@@ -29,11 +29,11 @@ Seeding and determinism (``SamplingConfig.seed``):
   ``model.generate`` would.
 * ``seed=N``: the call runs inside ``torch.random.fork_rng`` seeded with N, so its samples
   are a function of (N, weights, prompts, batch composition) only, and the caller's global
-  RNG state is left exactly as it was. This is the choice for PPO: the loop passes
-  ``step_seed(base_seed, step)`` each step, so a run resumed at step k draws the same
-  rollouts as the uninterrupted run without checkpointing the RNG stream, and the training
-  randomness (minibatch shuffles, dropout) does not depend on how many tokens were sampled.
-  A fixed seed at every step would repeat the same noise, hence the per-step derivation.
+  RNG state is left exactly as it was. PPO passes ``step_seed(seed, step, rank)`` at every
+  step (and ``generate_to_file`` ``step_seed(seed, batch)`` for every batch): a run resumed at
+  step k draws the same rollouts as the uninterrupted run without checkpointing the RNG
+  stream, the training randomness (minibatch shuffles, dropout) does not depend on how many
+  tokens were sampled, and no two steps, batches or processes repeat the same noise.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from typing import Protocol
 
 import torch
 
-from ..config import TemplateConfig, opt
+from ..config import Options, TemplateConfig, opt
 from ..data.records import Prompt
 from ..data.templates import encode_text, render_prompt, resolve_style
 from ..errors import ConfigError, ModelError, Seq2SeqRMError
+from ..layout import left_pad, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +62,23 @@ VLLM_MISSING = "vllm is not installed; pip install vllm on a GPU machine"
 
 
 @dataclass
-class SamplingConfig:
-    max_new_tokens: int = opt(64, "longest response in tokens (EOS included)")
-    temperature: float = opt(1.0, "softmax temperature (sampling only); PPO log-probs must use the same")
-    top_p: float = opt(1.0, "nucleus sampling mass (1.0 = off)")
-    top_k: int = opt(0, "sample among the k most likely tokens (0 = off)")
+class SamplingConfig(Options):
+    max_new_tokens: int = opt(64, "longest response in tokens (EOS included)", ge=1)
+    temperature: float = opt(1.0, "softmax temperature (sampling only); PPO log-probs use the same", ge=0)
+    top_p: float = opt(1.0, "nucleus sampling mass (1.0 = off)", gt=0, le=1)
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = off)", ge=0)
     do_sample: bool = opt(True, "sample (true) or greedy decoding (false)")
-    seed: int | None = opt(None, "seed of this call's sampling; null: use (and advance) torch's global RNG")
+    seed: int | None = opt(None, "seed of this call's sampling; null: use (and advance) torch's global RNG", ge=0)
+
+    def check(self) -> None:
+        if self.do_sample and not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0 when sampling (do_sample=true), got {self.temperature!r}")
 
 
-def check_sampling(s: SamplingConfig) -> None:
-    if isinstance(s.max_new_tokens, bool) or not isinstance(s.max_new_tokens, int) or s.max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be a positive integer, got {s.max_new_tokens!r}")
-    if s.do_sample and not s.temperature > 0:
-        raise ConfigError(f"temperature must be > 0 when sampling, got {s.temperature!r}")
-    if not 0 < s.top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {s.top_p!r}")
-    if s.top_k < 0:
-        raise ConfigError(f"top_k must be >= 0 (0 = off), got {s.top_k!r}")
-
-
-def step_seed(seed: int, step: int) -> int:
-    """A well-mixed 63-bit seed for rollout ``step`` of a run seeded with ``seed`` (no overlap between runs)."""
-    digest = hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest()
+def step_seed(seed: int, *parts) -> int:
+    """A well-mixed 63-bit seed derived from ``seed`` and ``parts`` (step, rank, a purpose...):
+    different parts give unrelated streams, and the same parts always the same one."""
+    digest = hashlib.blake2b(":".join(str(x) for x in (seed, *parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -212,7 +207,7 @@ class HFEngine:
         self.template = template or TemplateConfig()
         self.eos = eos_ids(tokenizer, self._generator())
         # Prompts are masked, and responses masked from their first EOS, so any pad id works.
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
+        self.pad_id = pad_id(tokenizer)
 
     def _generator(self):
         """The module whose ``generate`` runs: a peft model's base model (LoRA layers live inside it)."""
@@ -229,9 +224,6 @@ class HFEngine:
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout:
         from transformers import GenerationConfig
 
-        from ..rewards.seq2seq import left_pad
-
-        check_sampling(sampling)
         gen_model = self._generator()
         seqs, cut = encode_prompts(
             prompts, self.tokenizer, self.template, model_window(gen_model), sampling.max_new_tokens
@@ -287,7 +279,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.template = template or TemplateConfig()
         self.eos = eos_ids(tokenizer, None if isinstance(model, (str, os.PathLike)) else model)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
+        self.pad_id = pad_id(tokenizer)
         self.llm = vllm.LLM(model=str(path), tokenizer=str(path), **llm_kwargs)
         self.window = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
 
@@ -298,9 +290,6 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout:
-        from ..rewards.seq2seq import left_pad
-
-        check_sampling(sampling)
         seqs, cut = encode_prompts(prompts, self.tokenizer, self.template, self.window, sampling.max_new_tokens)
         sample = sampling.do_sample
         params = [
@@ -353,28 +342,32 @@ def generate_to_file(
     *,
     limit: int | None = None,
     device: str | None = None,
+    split: str | None = None,
+    subset: str | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Generate one response per prompt of ``prompts_path`` and write JSONL rows
-    ``{"prompt", "response", "finished", "n_tokens"}`` (``n_tokens`` counts the EOS) to
-    ``out_path`` atomically. Returns the number of rows.
+    ``{...the input row's other columns, "prompt", "response", "finished", "n_tokens"}``
+    (``n_tokens`` counts the EOS) to ``out_path`` atomically. Returns the number of rows.
 
-    ``template``: given, else the one in ``model_dir/sft.json``, else ``TemplateConfig()``.
+    ``template``: given, else the one the policy folder records, else ``TemplateConfig()``.
     With ``sampling.seed``, batch ``i`` is seeded with ``step_seed(seed, i)``: the file is
-    reproducible. ``device``: default CUDA when available.
+    reproducible. ``device``: default CUDA when available. An existing ``out_path`` is
+    replaced only with ``overwrite``.
     """
     from ..data.loading import load_prompts
     from ..io import atomic_write_text
     from ..models.loading import load_causal_lm, load_tokenizer
-    from ..sft import read_sft_template
+    from ..outputs import check_output_file, read_policy_template
 
-    check_sampling(sampling)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if engine not in ENGINES:
         raise ConfigError(f"unknown generation engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    records, report = load_prompts(prompts_path, limit=limit)
+    check_output_file(out_path, overwrite, "responses")
+    records, report = load_prompts(prompts_path, limit=limit, split=split, subset=subset)
     log.info(report.summary())
-    template = template or read_sft_template(model_dir) or TemplateConfig()
+    template = template or read_policy_template(model_dir) or TemplateConfig()
     tokenizer = load_tokenizer(str(model_dir))
     if engine == "hf":
         model = load_causal_lm(str(model_dir))
@@ -389,7 +382,7 @@ def generate_to_file(
         r = eng.generate([rec.prompt for rec in batch], s)
         cut += r.n_truncated
         for rec, text, done, n in zip(batch, r.texts, r.finished.tolist(), r.response_mask.sum(-1).tolist(), strict=True):
-            row = {"prompt": rec.prompt, "response": text, "finished": bool(done), "n_tokens": int(n)}
+            row = {**rec.meta, "prompt": rec.prompt, "response": text, "finished": bool(done), "n_tokens": int(n)}
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     atomic_write_text(Path(out_path), "".join(lines))
     if cut:

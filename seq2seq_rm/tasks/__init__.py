@@ -26,7 +26,9 @@ def get_task(name: str) -> Task:
     elif name == "instruct":
         from .instruct import TASK
     else:
-        raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
+        from ..errors import ConfigError
+
+        raise ConfigError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     return TASK
 
 
@@ -37,16 +39,21 @@ def _jsonl(rows: list[dict]) -> str:
 def export_split(task: str | Task, split: str, out_dir, n: int | None = None, seed: int = 0,
                  annotator: Annotator | None = None) -> dict[str, Path]:
     """Write ``preferences.jsonl`` (prompt, chosen, rejected, meta), ``prompts.jsonl``
-    (prompt, task, split, kind, meta) and ``sft.jsonl`` (prompt, response) for one split.
+    (prompt, task, split, kind, meta) and ``sft.jsonl`` (prompt, response) for one split,
+    and ``task.json`` saying what they are.
 
     All three use the same ``n`` prompts (default ``DEFAULT_SIZES[split]``). Each file is
     written to a temporary file and renamed into place.
     """
-    from seq2seq_rm.io import atomic_write_text
+    from seq2seq_rm.errors import ConfigError
+    from seq2seq_rm.io import atomic_write_json, atomic_write_text
+    from seq2seq_rm.outputs import META_FILES
 
     t = get_task(task) if isinstance(task, str) else task
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if n is not None and n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
     n = DEFAULT_SIZES[split] if n is None else n
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,6 +66,8 @@ def export_split(task: str | Task, split: str, out_dir, n: int | None = None, se
     for fname, text in contents.items():
         atomic_write_text(out / fname, text)
         paths[fname.removesuffix(".jsonl")] = out / fname
+    atomic_write_json(out / META_FILES["task-export"], {"kind": "task-export", "task": t.name, "split": split,
+                                                        "n": n, "seed": seed})
     return paths
 
 

@@ -25,10 +25,6 @@ _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
 
-def words_to_int_table() -> dict[str, int]:
-    return {**_UNIT_VAL, **_TENS_VAL, "hundred": 100}
-
-
 def num_to_words(n: int) -> str:
     """0..999 as English words ("forty two", "one hundred and five")."""
     if n < 0 or n > 999:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import random
 import re
-from dataclasses import dataclass
 from functools import cached_property
 
 from ._text import num_to_words, parse_numbers, prompt_str, repeated_sentences, sentences, tokens, word_count
@@ -148,14 +147,6 @@ def key_tokens(text: str) -> set[str]:
     out = {w for w in tokens(text) if w in _WORD_ENTITIES}
     out |= {f"#{n}" for n in parse_numbers(text)}
     return out
-
-
-@dataclass
-class _Doc:
-    topic: str
-    facts: list[tuple[str, str]]    # (doc sentence, summary sentence)
-    fillers: list[str]
-    order: list[str]                # sentences of the article, in order
 
 
 def _fill(rng: random.Random, topic: str, k: int) -> list[tuple[str, str]]:

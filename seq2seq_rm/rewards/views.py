@@ -1,23 +1,121 @@
-"""Token-level rewards as a standalone HTML heatmap (inline CSS, no scripts, no external assets).
+"""Token-level rewards, looked at: score responses with a reward model, and show the result.
 
-Each response token is a ``<span>`` whose background shows its reward on a diverging
-red-white-green scale, normalised per page by the largest absolute reward (so the same colour
-means the same reward everywhere on the page). Hovering a token shows its reward and, for a
-seq2seq RM, the token the RM would have written there (marked when it differs). Whitespace is
-drawn visibly: a space as a middle dot, a tab as an arrow, a newline as a return sign followed by
-a line break. Every text is HTML-escaped.
+One place for every view of token rewards (``rm score``, ``inspect``, the experiment's heatmap):
+
+* :func:`score_file` / :func:`score_records`: per-response rows with the tokens, their rewards,
+  and for a seq2seq RM the token it would have written at each position and where it first
+  diverges; both RM kinds through the ``RewardModel`` interface;
+* :func:`render_terminal`: a coloured terminal view (green: the RM agrees; red: it would have
+  written the token after the arrow; the scalar RM shows its score on the last token);
+* :func:`render_heatmap_html`: a standalone HTML page (inline CSS, no scripts, no external
+  assets). Each token is a ``<span>`` whose background shows its reward on a diverging
+  red-white-green scale, normalised per page by the largest absolute reward (the same colour
+  means the same reward everywhere on the page). Hovering a token shows its reward and, for a
+  seq2seq RM, the token the RM would have written there (marked when it differs). Whitespace is
+  drawn visibly: a space as a middle dot, a tab as an arrow, a newline as a return sign followed
+  by a line break. Every text is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import math
 import os
-from pathlib import Path
+from collections.abc import Iterator
+
+import torch
 
 from .._text import prompt_preview
-from ..data.records import prompt_text
-from ..io import atomic_write_text
+from ..data.records import PromptRecord, prompt_text
+from .base import TokenRewards, encode_responses
+
+log = logging.getLogger(__name__)
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def score_responses(rm, prompts, responses: list[str]) -> tuple[TokenRewards, torch.Tensor]:
+    """Token rewards of response texts (EOS appended, as a policy would end them). Returns (rewards, ids)."""
+    ids, mask = encode_responses(responses, rm.tokenizer)
+    return rm.token_rewards(prompts, ids, mask), ids
+
+
+def token_strings(tokenizer, ids: list[int]) -> list[str]:
+    """Each token as text (byte-level pieces decoded one by one; special tokens kept visible)."""
+    return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+
+
+def score_records(rm, records: list[PromptRecord], batch_size: int = 16) -> list[dict]:
+    """Per-response dicts: tokens, rewards, (seq2seq) the RM's token at each position, and scores."""
+    rows = []
+    for chunk in chunks(records, batch_size):
+        tr, ids = score_responses(rm, [r.prompt for r in chunk], [r.response for r in chunk])
+        for b, rec in enumerate(chunk):
+            n = int(tr.mask[b].sum())
+            tok_ids = ids[b, :n].tolist()
+            row = {
+                "prompt": rec.prompt,
+                "response": rec.response,
+                "tokens": token_strings(rm.tokenizer, tok_ids),
+                "token_ids": tok_ids,
+                "rewards": [round(float(x), 6) for x in tr.rewards[b, :n]],
+                "score_sum": float(tr.rewards[b, :n].sum()),
+                "score_mean": float(tr.rewards[b, :n].mean()),
+            }
+            if tr.agree is not None:
+                pred = tr.predicted_ids[b, :n].tolist()
+                row["rm_tokens"] = token_strings(rm.tokenizer, pred)
+                row["agree"] = [bool(x) for x in tr.agree[b, :n]]
+                row["agree_fraction"] = sum(row["agree"]) / max(n, 1)
+                div = [i for i, a in enumerate(row["agree"]) if not a]
+                row["first_divergence"] = div[0] if div else None
+            if rec.origin is not None:
+                row["source"] = {"file": rec.origin.file, "row": rec.origin.row}
+            rows.append(row)
+    return rows
+
+
+def render_terminal(rows: list[dict], console=None, limit: int = 10) -> None:
+    """Coloured view: green tokens the RM agrees with, red ones it would have written
+    differently (with its own token after an arrow); the scalar RM shows its score."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = console or Console()
+    for i, row in enumerate(rows[:limit]):
+        console.rule(f"[bold]response {i + 1}[/] sum={row['score_sum']:+.3f} mean={row['score_mean']:+.3f}")
+        console.print(Text("prompt: ", style="bold") + Text(prompt_preview(row["prompt"])))
+        text = Text()
+        if "agree" in row:
+            for tok, rm_tok, ok, r in zip(row["tokens"], row["rm_tokens"], row["agree"], row["rewards"], strict=True):
+                shown = tok.replace("\n", "\u21b5\n")
+                if ok:
+                    text.append(shown, style="black on green" if r > 0 else "black on grey70")
+                else:
+                    text.append(shown, style="white on red")
+                    text.append(f"\u2192{rm_tok!r}", style="dim red")
+        else:
+            text.append("".join(row["tokens"]))
+            text.append(f"  [score {row['score_sum']:+.3f} on the last token]", style="bold cyan")
+        console.print(text)
+    if len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more in the JSON output")
+
+
+def score_file(rm, path: str | os.PathLike, *, batch_size: int = 16, limit: int | None = None,
+               split: str | None = None, subset: str | None = None) -> list[dict]:
+    """:func:`score_records` of the rows of a file (``prompt`` and ``response`` columns)."""
+    from ..data.loading import load_prompts
+
+    records, report = load_prompts(path, require_response=True, limit=limit, split=split, subset=subset)
+    log.info(report.summary())
+    return score_records(rm, records, batch_size)
+
+
+# ------------------------------------------------------------------------------------------ HTML
 
 NEG = (215, 48, 39)  # red
 MID = (255, 255, 255)
@@ -131,27 +229,3 @@ def render_heatmap_html(rows: list[dict], title: str = "Token rewards") -> str:
         out.append("</div></div>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
-
-
-def inspect_to_html(
-    rm_dir: str | os.PathLike,
-    data_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    batch_size: int = 16,
-    limit: int | None = None,
-    title: str | None = None,
-) -> Path:
-    """Score the responses in ``data_path`` (rows with ``prompt`` and ``response``) with the RM in
-    ``rm_dir`` and write the heatmap page to ``out_path``. Returns the path."""
-    from ..data.loading import load_prompts
-    from ..rewards.base import load_reward_model
-    from ..rewards.inspect import score_records
-
-    rm = load_reward_model(rm_dir)
-    records, _ = load_prompts(data_path, require_response=True, limit=limit)
-    rows = score_records(rm, records, batch_size)
-    title = title or f"{rm.kind} RM token rewards: {Path(os.fspath(rm_dir)).name} on {Path(os.fspath(data_path)).name}"
-    out = Path(out_path)
-    atomic_write_text(out, render_heatmap_html(rows, title))
-    return out

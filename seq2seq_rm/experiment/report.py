@@ -121,8 +121,7 @@ def write_token_heatmap(runs, out: Path, n: int = 6) -> Path | None:
     """Token rewards of the seq2seq RM on the seq2seq-PPO policy's test responses."""
     from ..data.records import PromptRecord
     from ..rewards import load_reward_model
-    from ..rewards.inspect import score_records
-    from .heatmap import render_heatmap_html
+    from ..rewards.views import render_heatmap_html, score_records
 
     run = runs[0]
     rm_dir = run.dir / "rm-seq2seq"
@@ -153,6 +152,7 @@ def write_report(results: dict, runs, out: Path) -> Path:
         "<h1>Seq2seq RM vs scalar RM: PPO on the bundled tasks</h1>",
         f"<p class='note'>Tasks: {ESC(', '.join(results['config']['tasks']))}; seeds: "
         f"{ESC(str(results['config']['seeds']))}; model size: {ESC(results['config']['size'])}; "
+        f"commit {ESC(str(results.get('commit')))}; "
         f"total time {results['total_seconds']:.0f} s. Judge: the tasks' programmatic oracles, every pair in both "
         "orders (a win only when both orders agree), 95% bootstrap confidence intervals over prompts "
         "(pooled over seeds).</p>",

@@ -1,15 +1,25 @@
-"""Writing an evaluation: ``metrics.json`` (summary + diagnostics), ``pairs.jsonl`` (every judged
-pair in both orders) and ``report.md`` (the table :func:`format_table` prints)."""
+"""``seq2seq-rm eval``: judge two generation files against each other and write the report.
+
+The output folder holds ``metrics.json`` (summary + length/refusal diagnostics per model),
+``pairs.jsonl`` (every judged pair in both orders), ``report.md`` (the table
+:func:`format_table` prints) and ``eval.json`` (what this folder is: see ``outputs.py``).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 
 from ..io import atomic_write_json, atomic_write_text
-from .winrate import WinRateResult
+from ..outputs import META_FILES, check_output_dir
+from .judges import Judge
+from .metrics import response_diagnostics
+from .winrate import WinRateResult, load_responses, pairwise_winrate
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE, PAIRS_FILE, REPORT_FILE = "metrics.json", "pairs.jsonl", "report.md"
 
@@ -71,7 +81,7 @@ def format_table(result: WinRateResult, diagnostics: dict | None = None) -> str:
 def write_eval_report(
     result: WinRateResult, out_dir: str | os.PathLike, diagnostics: dict | None = None, extra: dict | None = None
 ) -> dict[str, Path]:
-    """Write metrics.json, pairs.jsonl and report.md into ``out_dir``; returns their paths."""
+    """Write metrics.json, pairs.jsonl, report.md and eval.json into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {**result.summary(), **({"diagnostics": diagnostics} if diagnostics else {}), **(extra or {})}
@@ -81,4 +91,37 @@ def write_eval_report(
         paths["pairs"], "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in result.records)
     )
     atomic_write_text(paths["report"], format_table(result, diagnostics))
+    atomic_write_json(out / META_FILES["eval"], {"kind": "eval", "a": result.name_a, "b": result.name_b,
+                                                  "judge": result.judge, **(extra or {})})
     return paths
+
+
+def evaluate_files(
+    file_a: str | os.PathLike,
+    file_b: str | os.PathLike,
+    judge: Judge,
+    out_dir: str | os.PathLike,
+    *,
+    names: tuple[str, str] | None = None,
+    seed: int = 0,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    tokenizer=None,
+    overwrite: bool = False,
+) -> tuple[WinRateResult, dict]:
+    """Win rate of ``file_a``'s responses over ``file_b``'s (JSONL etc. with ``prompt`` and
+    ``response``, same prompts in the same order), with length/refusal diagnostics; writes
+    the report into ``out_dir`` (a new or empty folder, or an earlier eval with ``overwrite``).
+    Returns (result, diagnostics)."""
+    fa, fb = os.fspath(file_a), os.fspath(file_b)
+    check_output_dir(out_dir, "eval", overwrite, inputs=[fa, fb])
+    names = names or ("a", "b")
+    rows_a, rows_b = load_responses(fa), load_responses(fb)
+    result = pairwise_winrate(
+        rows_a, rows_b, judge, names=names, files=(fa, fb), seed=seed, n_boot=n_boot, confidence=confidence
+    )
+    diagnostics = {names[0]: response_diagnostics(rows_a, tokenizer), names[1]: response_diagnostics(rows_b, tokenizer)}
+    write_eval_report(result, out_dir, diagnostics, extra={"file_a": fa, "file_b": fb})
+    if result.invalid:
+        logger.warning("%d of %d pairs had an invalid verdict (see pairs.jsonl)", result.invalid, len(rows_a))
+    return result, diagnostics

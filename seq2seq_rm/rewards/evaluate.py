@@ -1,0 +1,57 @@
+"""``rm eval``: pairwise accuracy of either RM kind on held-out preference pairs."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data.records import PreferenceRecord
+from .views import chunks, score_responses
+
+SEQ2SEQ_SCORES = ("mean", "sum", "agree_fraction")
+
+
+def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16) -> dict:
+    """Pairwise accuracy: P(score(chosen) > score(rejected)), ties counted as half.
+
+    For a seq2seq RM the headline uses ``rm.extraction.sequence_score`` and every other
+    sequence score is reported too, together with the share of agreeing tokens on chosen
+    vs rejected responses (a seq2seq RM that learnt the preference copies chosen responses
+    more readily than rejected ones).
+    """
+    names = SEQ2SEQ_SCORES if rm.kind == "seq2seq" else ("sum",)
+    sc = {n: [] for n in names}
+    sr = {n: [] for n in names}
+    len_c, len_r = [], []
+    for chunk in chunks(records, batch_size):
+        prompts = [r.prompt for r in chunk]
+        tc, _ = score_responses(rm, prompts, [r.chosen for r in chunk])
+        tr, _ = score_responses(rm, prompts, [r.rejected for r in chunk])
+        for n in names:
+            sc[n].append(tc.sequence_scores(n))
+            sr[n].append(tr.sequence_scores(n))
+        len_c.append(tc.mask.sum(-1).float())
+        len_r.append(tr.mask.sum(-1).float())
+
+    def acc(n):
+        c, r = torch.cat(sc[n]), torch.cat(sr[n])
+        return {
+            "accuracy": ((c > r).float().mean() + 0.5 * (c == r).float().mean()).item(),
+            "ties": (c == r).float().mean().item(),
+            "mean_score_chosen": c.mean().item(),
+            "mean_score_rejected": r.mean().item(),
+        }
+
+    headline = rm.extraction.sequence_score if rm.kind == "seq2seq" else "sum"
+    out = {
+        "kind": rm.kind,
+        "pairs": len(records),
+        "sequence_score": headline,
+        **acc(headline),
+        "mean_tokens_chosen": torch.cat(len_c).mean().item(),
+        "mean_tokens_rejected": torch.cat(len_r).mean().item(),
+    }
+    if rm.kind == "seq2seq":
+        out["by_sequence_score"] = {n: acc(n) for n in names}
+        out["agree_fraction_chosen"] = torch.cat(sc["agree_fraction"]).mean().item()
+        out["agree_fraction_rejected"] = torch.cat(sr["agree_fraction"]).mean().item()
+    return out
