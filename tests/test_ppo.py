@@ -100,10 +100,10 @@ def test_ppo_raises_the_probability_of_the_rewarded_token(sft_policy_dir, prompt
     assert json.loads((out / "policy.json").read_text())["stage"] == "ppo"
 
 
-def _weights(folder):
+def _weights(folder, file=False):
     from safetensors.torch import load_file
 
-    return load_file(os.path.join(folder, "model.safetensors"))
+    return load_file(str(folder) if file else os.path.join(folder, "model.safetensors"))
 
 
 def test_resume_continues_as_if_never_stopped(tiny_model_dir, prompts_file, tmp_path):
@@ -150,7 +150,7 @@ def test_nan_rewards_stop_the_run_and_keep_the_last_good_checkpoint(tiny_model_d
     tok = load_tokenizer(tiny_model_dir)
     rm = CountTokenRM(tok, 5, dense=True, nan_at_call=4)
     trainer = PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "n", steps=6), reward_model=rm)
-    with pytest.raises(Seq2SeqRMError, match=r"step 3: non-finite reward.*last good checkpoint is .*step-000002"):
+    with pytest.raises(Seq2SeqRMError, match=r"step 4: non-finite reward.*last good checkpoint is .*step-000002"):
         trainer.train()
     assert sorted(p.name for p in (tmp_path / "n.run" / "checkpoints").iterdir()) == ["step-000002"]
 
@@ -238,3 +238,74 @@ def test_lora_actor_and_critic_with_bf16_autocast(tiny_model_dir, prompts_file, 
                        reward_model=EvenTokenRM(tok))
     again.load_checkpoint()
     assert again.step == 2
+
+
+def test_a_fresh_run_refuses_an_earlier_run_folder_unless_told(tiny_model_dir, prompts_file, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    rm = CountTokenRM(tok, 5, dense=True)
+    PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=2), reward_model=rm).train()
+    run = tmp_path / "p.run"
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="holds an earlier run.*--resume.*--overwrite"):
+        PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=3), reward_model=rm)
+    assert (run / "metrics.jsonl").read_text() == before  # nothing was mixed or wiped
+    PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=1, overwrite=True), reward_model=rm).train()
+    assert [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001"]  # the old run is gone
+
+
+def test_resume_applies_a_changed_learning_rate_and_refuses_other_changes(tiny_model_dir, prompts_file, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    rm = CountTokenRM(tok, 5, dense=True)
+    PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=2), reward_model=rm).train()
+    with pytest.raises(ConfigError, match=r"kl_coef: 0.0 in the checkpoint, 0.5 now; seed: 0 in the checkpoint, 7 now"):
+        PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=4, resume=True, seed=7, kl_coef=0.5),
+                   reward_model=rm).load_checkpoint()
+    again = PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=3, resume=True, actor_lr=5e-4),
+                       reward_model=rm)
+    again.train()
+    assert [g["lr"] for g in again.opt_a.param_groups] == [5e-4]  # in force, not the checkpoint's 1e-3
+    assert [g["lr"] for g in again.opt_c.param_groups] == [1e-3]
+    assert json.loads((tmp_path / "p.run" / "config.json").read_text())["actor_lr"] == 5e-4
+
+
+def test_an_exploding_update_is_never_saved_as_a_good_checkpoint(tiny_model_dir, prompts_file, tmp_path):
+    tok = load_tokenizer(tiny_model_dir)
+    rm = EvenTokenRM(tok)
+    one_update = dict(mini_batch_size=8, save_every=1)  # one optimiser step per PPO step: finite, huge weights
+    PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=2, **one_update), reward_model=rm).train()
+    good = _weights(tmp_path / "p.run" / "checkpoints" / "step-000002" / "actor.safetensors", file=True)
+    boom = PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=4, resume=True, actor_lr=1e30,
+                               **one_update), reward_model=rm)
+    with pytest.raises(Seq2SeqRMError, match=r"step 3: the actor update diverged.*last good checkpoint is .*step-000002"):
+        boom.train()
+    ckpts = tmp_path / "p.run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000001", "step-000002"]
+    kept = _weights(ckpts / "step-000002" / "actor.safetensors", file=True)
+    assert all(torch.equal(kept[k], good[k]) for k in good) and max(v.abs().max() for v in kept.values()) < 100
+
+
+def test_a_damaged_checkpoint_stops_resume_with_a_clear_message(tiny_model_dir, prompts_file, tmp_path, caplog):
+    tok = load_tokenizer(tiny_model_dir)
+    rm = CountTokenRM(tok, 5, dense=True)
+    PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=2), reward_model=rm).train()
+    (tmp_path / "p.run" / "checkpoints" / "step-000002" / "optim.pt").write_bytes(b"\x80garbage")
+    with pytest.raises(Seq2SeqRMError, match=r"checkpoint .*step-000002 is damaged.*move that folder away"):
+        PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=3, resume=True),
+                   reward_model=rm).load_checkpoint()
+
+
+def test_extraction_options_of_a_run_are_applied_and_recorded(tiny_model_dir, seq2seq_rm_dir, scalar_rm_dir,
+                                                              prompts_file, tmp_path):
+    from seq2seq_rm.config import ExtractionConfig
+
+    rule = ExtractionConfig(rematch="positive", magnitude="prob")
+    cfg = make_cfg(tiny_model_dir, prompts_file, tmp_path / "p", steps=1, rm=seq2seq_rm_dir, extraction=rule,
+                   batch_size=4, mini_batch_size=2)
+    trainer = PPOTrainer(cfg)
+    assert trainer.rm.extraction == rule  # not the RM folder's own (rematch=zero, constant)
+    out = trainer.train()
+    assert json.loads((tmp_path / "p.run" / "config.json").read_text())["extraction"]["rematch"] == "positive"
+    assert json.loads((out / "policy.json").read_text())["extraction"]["magnitude"] == "prob"
+    with pytest.raises(ConfigError, match="apply to a seq2seq RM"):
+        PPOTrainer(make_cfg(tiny_model_dir, prompts_file, tmp_path / "s", rm=scalar_rm_dir, extraction=rule))

@@ -173,6 +173,7 @@ class Batch:
 
 
 def _stop(why: str, step: int, ckpt: Path | None) -> Seq2SeqRMError:
+    """The error that stops a run at ``step`` (1-based, as in metrics.jsonl and checkpoint names)."""
     where = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
     return Seq2SeqRMError(f"step {step}: {why}; stopping ({where})")
 
@@ -210,7 +211,6 @@ class PPOTrainer:
         for name in ("policy", "prompts", "out") + (("rm",) if need_rm else ()):
             if not getattr(cfg, name):
                 raise ConfigError(f"--{name} is required")
-        check_output_dir(self.out, "ppo-policy", cfg.overwrite or cfg.resume, inputs=[cfg.policy, cfg.rm, cfg.prompts])
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"{self.run_dir} (the run folder of --out {self.out}) is a file; give another --out")
         if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and not (cfg.resume or cfg.overwrite):
@@ -221,6 +221,7 @@ class PPOTrainer:
                 not (self.run_dir / "config.json").is_file():
             raise ConfigError(f"{self.run_dir} is not a seq2seq-rm PPO run folder (no config.json); "
                               "not replacing it: give another --out")
+        check_output_dir(self.out, "ppo-policy", cfg.overwrite or cfg.resume, inputs=[cfg.policy, cfg.rm, cfg.prompts])
         clean_stale(self.ckpt_dir)
 
     def _load_models(self, reward_model) -> None:
@@ -330,7 +331,7 @@ class PPOTrainer:
     def rewards(self, b: Batch) -> None:
         tr = self.rm.token_rewards(b.prompts, b.response_ids, b.response_mask)
         b.rm_rewards = tr.rewards.to(self.device).float()
-        _check_finite("reward", b.rm_rewards, self.step, self._latest_checkpoint())
+        _check_finite("reward", b.rm_rewards, self.step + 1, self._latest_checkpoint())
 
     @torch.no_grad()
     def shape(self, b: Batch) -> None:
@@ -376,7 +377,7 @@ class PPOTrainer:
                         values = critic_values(self.critic, *args)
                     pl, ps = L.policy_loss(logp, mb.logp, mb.advantages, mb.response_mask, cfg.clip_ratio)
                     vl, vs = L.value_loss(values.float(), mb.values, mb.returns, mb.response_mask, cfg.value_clip)
-                    _check_finite("loss", pl.detach() + vl.detach(), self.step, self._latest_checkpoint())
+                    _check_finite("loss", pl.detach() + vl.detach(), self.step + 1, self._latest_checkpoint())
                     self.acc.backward(pl / cfg.grad_accum)
                     self.acc.backward(cfg.vf_coef * vl / cfg.grad_accum)
                     for k, v in {"policy_loss": pl.item(), "value_loss": vl.item(), **ps,
@@ -386,7 +387,7 @@ class PPOTrainer:
                                                      dtype=torch.float32).to(self.device)
                                      for m in (self.actor, self.critic)])
                 # A non-finite gradient would turn every weight into NaN: stop before applying it.
-                _check_finite("gradient norm", norms, self.step, self._latest_checkpoint())
+                _check_finite("gradient norm", norms, self.step + 1, self._latest_checkpoint())
                 stats.setdefault("grad_norm_actor", []).append(float(norms[0]))
                 stats.setdefault("grad_norm_critic", []).append(float(norms[1]))
                 self.opt_a.step()
@@ -560,7 +561,6 @@ class PPOTrainer:
     def load_checkpoint(self) -> None:
         """Restore the latest checkpoint; options that differ from the checkpoint's are applied
         and logged (``RESUME_APPLIED``), accepted (``RESUME_FREE``) or refused (all others)."""
-        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         path = self._latest_checkpoint()
@@ -569,7 +569,10 @@ class PPOTrainer:
             return
         try:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-            changed = self._compare_config(state.get("config") or {}, path)
+        except (OSError, ValueError) as e:
+            raise self._damaged(path, e) from None
+        changed = self._compare_config(state.get("config") or {}, path)
+        try:
             load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=str(self.device))
             load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=str(self.device))
             opt = torch.load(path / "optim.pt", weights_only=True)
@@ -582,15 +585,19 @@ class PPOTrainer:
             self.kl_ctl.load_state_dict(state["kl_ctl"])
             self.reward_stats.load_state_dict(state["reward_stats"])
             self.step = int(state["step"])
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, EOFError) as e:
-            raise Seq2SeqRMError(
-                f"checkpoint {path} is damaged and cannot be resumed ({type(e).__name__}: {e}); move that folder "
-                "away to resume from the one before it, or start afresh with --overwrite") from None
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, the fix is the same
+            raise self._damaged(path, e) from None
         for name, (old, new) in changed.items():
             if name in ("actor_lr", "critic_lr"):
                 _set_lr(self.sch_a if name == "actor_lr" else self.sch_c, new)
             log.warning("resume: %s changed from %r to %r (applied from step %d)", name, old, new, self.step + 1)
         log.info("resumed from %s (step %d)", path, self.step)
+
+    @staticmethod
+    def _damaged(path: Path, e: Exception) -> Seq2SeqRMError:
+        return Seq2SeqRMError(
+            f"checkpoint {path} is damaged and cannot be resumed ({type(e).__name__}: {e}); move that folder "
+            "away to resume from the one before it, or start afresh with --overwrite")
 
     def _compare_config(self, saved: dict, path: Path) -> dict:
         """``{option: (checkpoint value, current value)}`` for the options that may change on
