@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/seq2seq-rm demo --out runs/demo
+	$(BIN)/seq2seq-rm demo --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

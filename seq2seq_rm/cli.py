@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", help="reply cache for openai:MODEL (default ~/.cache/seq2seq_rm/judge)")
     e.add_argument("--concurrency", type=int, default=4, help="parallel requests for openai:MODEL")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation at --out")
+    _data_flags(e)
 
     i = cmd(sub, "inspect", "token-level rewards of responses as an HTML heatmap")
     i.add_argument("--rm", required=True, help="reward model folder (seq2seq or scalar)")
@@ -336,7 +337,7 @@ def cmd_eval(a) -> None:
     judge = make_judge(a.judge, base_url=a.base_url, **kw)
     result, diagnostics = evaluate_files(
         a.file_a, a.file_b, judge, a.out, names=tuple(a.names), seed=a.seed,
-        tokenizer=getattr(judge, "tokenizer", None), overwrite=a.overwrite,
+        tokenizer=getattr(judge, "tokenizer", None), overwrite=a.overwrite, split=a.split, subset=a.subset,
     )
     print(format_table(result, diagnostics))
     log.info("wrote metrics.json, pairs.jsonl and report.md to %s", a.out)

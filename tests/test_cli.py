@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 from helpers import write_jsonl
 
 from seq2seq_rm.cli import main

@@ -108,6 +108,8 @@ def evaluate_files(
     confidence: float = 0.95,
     tokenizer=None,
     overwrite: bool = False,
+    split: str | None = None,
+    subset: str | None = None,
 ) -> tuple[WinRateResult, dict]:
     """Win rate of ``file_a``'s responses over ``file_b``'s (JSONL etc. with ``prompt`` and
     ``response``, same prompts in the same order), with length/refusal diagnostics; writes
@@ -116,7 +118,7 @@ def evaluate_files(
     fa, fb = os.fspath(file_a), os.fspath(file_b)
     check_output_dir(out_dir, "eval", overwrite, inputs=[fa, fb])
     names = names or ("a", "b")
-    rows_a, rows_b = load_responses(fa), load_responses(fb)
+    rows_a, rows_b = load_responses(fa, split, subset), load_responses(fb, split, subset)
     result = pairwise_winrate(
         rows_a, rows_b, judge, names=names, files=(fa, fb), seed=seed, n_boot=n_boot, confidence=confidence
     )

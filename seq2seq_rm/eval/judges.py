@@ -188,20 +188,15 @@ class HFJudge:
     def _forward(self, ids_list: list[list[int]]):
         import torch
 
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
-        width = max(len(x) for x in ids_list)
-        ids = torch.full((len(ids_list), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids_list), width), dtype=torch.long)
-        for i, x in enumerate(ids_list):  # left padding: the last position is every row's next token
-            ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            mask[i, width - len(x) :] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        from ..layout import left_pad, pad_id, position_ids
+
+        # left padding: the last position is every row's next token
+        ids, mask = left_pad(ids_list, pad_id(self.tokenizer))
         with torch.no_grad():
             out = self.model(
                 input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=position_ids.to(self.device),
+                attention_mask=mask.long().to(self.device),
+                position_ids=position_ids(mask).to(self.device),
                 logits_to_keep=1,
             )
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()

@@ -108,11 +108,11 @@ def check_aligned(rows_a: list, rows_b: list, file_a: str = "a", file_b: str = "
         )
 
 
-def load_responses(path: str | os.PathLike) -> list[dict]:
+def load_responses(path: str | os.PathLike, split: str | None = None, subset: str | None = None) -> list[dict]:
     """Rows ``{"row", "prompt", "response", ...other columns}`` of a generation file (every row kept,
     in order: an empty response is a legitimate, bad answer, and skipping rows would break alignment)."""
     file = str(path)
-    rows, _ = read_rows(path)
+    rows, _ = read_rows(path, split, subset)
     out = []
     for row_no, raw in rows:
         ctx = RowContext(file, row_no)

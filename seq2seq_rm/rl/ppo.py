@@ -193,6 +193,9 @@ class PPOTrainer:
 
         self.cfg = cfg
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if self.acc.distributed_type.name == "DEEPSPEED":
+            raise ConfigError("ppo does not support DeepSpeed yet (accelerate prepares one DeepSpeed engine per "
+                              "Accelerator, and PPO trains two models); use DDP, with LoRA to save memory")
         self.device = self.acc.device
         self.out = Path(cfg.out)
         self.run_dir = self.out.parent / (self.out.name + ".run")
