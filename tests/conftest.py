@@ -76,3 +76,24 @@ def echo_dir(tmp_path_factory, tiny_model_dir, sample_rows):
     cfg = SFTRunConfig(model=tiny_model_dir, data=data, out=str(tmp_path_factory.mktemp("sft") / "echo"),
                        train=train_options(epochs=4.0, batch_size=8, logging_steps=2))
     return str(train_sft(cfg))
+
+
+@pytest.fixture(scope="session")
+def gpt2_model_dir(tmp_path_factory, tiny_model_dir):
+    """A randomly initialised GPT-2 (absolute position embeddings) with the tiny tokenizer: left
+    padding shifts its outputs unless position ids are counted from each row's first token."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from seq2seq_rm.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=2, n_head=4,
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # larger position embeddings than the default init: positions matter visibly
+        model.transformer.wpe.weight.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("models") / "gpt2"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)

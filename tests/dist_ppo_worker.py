@@ -1,8 +1,10 @@
-"""Run by tests/test_ppo_distributed.py under `torchrun --nproc_per_node 2`: a short PPO run,
-then every rank saves its own copy of the actor and critic weights for comparison."""
+"""Run by tests/test_ppo_distributed.py under `torchrun --nproc_per_node 2`: a short PPO run
+(optionally resumed, optionally with reward normalisation), then every rank saves its own copy
+of the actor and critic weights and its reward statistics for comparison."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import torch
@@ -26,12 +28,12 @@ class EvenTokenRM:
         return TokenRewards(rewards=((ids % 2 == 0) & mask).float(), mask=mask)
 
 
-def main(policy: str, prompts: str, out: str) -> None:
+def main(policy: str, prompts: str, out: str, steps: str, resume: str, normalize: str) -> None:
     torch.set_num_threads(1)
     tok = load_tokenizer(policy)
-    cfg = PPOConfig(policy=policy, prompts=prompts, out=out, steps=3, batch_size=4, mini_batch_size=2,
+    cfg = PPOConfig(policy=policy, prompts=prompts, out=out, steps=int(steps), batch_size=4, mini_batch_size=2,
                     ppo_epochs=1, actor_lr=1e-3, critic_lr=1e-3, kl_coef=0.0, save_every=0, sample_every=0,
-                    sampling=SamplingConfig(max_new_tokens=6))
+                    resume=resume == "1", normalize_rewards=normalize == "1", sampling=SamplingConfig(max_new_tokens=6))
     trainer = PPOTrainer(cfg, reward_model=EvenTokenRM(tok))
     trainer.train()
     rank = trainer.acc.process_index
@@ -40,8 +42,9 @@ def main(policy: str, prompts: str, out: str) -> None:
     state = {f"actor.{k}": v.detach().clone().contiguous() for k, v in actor.named_parameters()}
     state.update({f"critic.{k}": v.detach().clone().contiguous() for k, v in critic.named_parameters()})
     save_file(state, f"{out}.rank{rank}.safetensors", metadata={
-        "world": str(trainer.acc.num_processes), "prompts": "|".join(map(str, trainer.prompts_for_step(0)))})
+        "world": str(trainer.acc.num_processes), "prompts": "|".join(map(str, trainer.prompts_for_step(0))),
+        "reward_stats": json.dumps(trainer.reward_stats.state_dict())})
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:7])

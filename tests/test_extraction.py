@@ -280,3 +280,22 @@ def test_eos_is_scored_like_any_other_token(seq2seq_rm_dir):
     tr2 = rm.token_rewards([RESPONSES[0][0]], ids2, mask2)
     n_first = int(mask[0].sum()) - 1  # tokens before the EOS of the short answer
     assert tr2.rewards[0, n_first].item() < 0
+
+
+def test_one_pass_extraction_on_an_absolute_position_model_equals_the_reference(gpt2_model_dir):
+    """GPT-2 adds a learnt embedding per position: the left-padded sources of a batch give the
+    reference's rewards only if positions are counted from each row's first real token."""
+    from seq2seq_rm.models.loading import load_causal_lm, load_tokenizer
+
+    rm = Seq2SeqRewardModel(load_causal_lm(gpt2_model_dir), load_tokenizer(gpt2_model_dir), TemplateConfig(),
+                            ExtractionConfig(magnitude="prob", rematch="positive"))
+    prompts = [p for p, _ in RESPONSES]
+    ids, mask = encode_responses([r for _, r in RESPONSES], rm.tokenizer)
+    assert len({len(s) for s in rm.sources(prompts, [r for _, r in RESPONSES])}) > 1  # sources are left-padded
+    fast = rm.token_rewards(prompts, ids, mask)
+    for b, (prompt, _) in enumerate(RESPONSES):
+        n = int(mask[b].sum())
+        agree, pred, logp = slow_reference(rm, prompt, ids[b, :n].tolist())
+        assert fast.agree[b, :n].tolist() == agree and fast.predicted_ids[b, :n].tolist() == pred
+        p = torch.tensor(logp).exp()
+        assert torch.allclose(fast.rewards[b, :n], torch.where(torch.tensor(agree), p, -(1 - p)), atol=1e-5)

@@ -11,10 +11,11 @@ import torch
 from helpers import write_jsonl
 from transformers import AutoModelForCausalLM
 
+from seq2seq_rm.config import TemplateConfig
 from seq2seq_rm.errors import ConfigError, Seq2SeqRMError
 from seq2seq_rm.models.loading import load_tokenizer
 from seq2seq_rm.rewards.base import TokenRewards
-from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer, policy_logits
+from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer
 from seq2seq_rm.rl.rollout import SamplingConfig
 
 
@@ -69,18 +70,17 @@ def make_cfg(policy, prompts, out, **kw) -> PPOConfig:
 
 
 def first_token_logprobs(policy_dir, tokenizer) -> torch.Tensor:
-    """(V,) mean log-prob of each token as the first response token, over the prompts."""
-    from seq2seq_rm.config import TemplateConfig
-    from seq2seq_rm.layout import left_pad
-    from seq2seq_rm.rl.rollout import encode_prompts
+    """(V,) mean log-prob of each token as the first response token, over the prompts: one unpadded
+    forward pass per prompt, so nothing is shared with the PPO code under test."""
+    from seq2seq_rm.data.templates import render_prompt
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
-    seqs, _ = encode_prompts(PROMPTS, tokenizer, TemplateConfig(), None, 0)
-    ids, mask = left_pad(seqs, tokenizer.pad_token_id)
-    first = torch.full((len(PROMPTS), 1), tokenizer.eos_token_id)  # any token: only the logits before it are read
+    rows = []
     with torch.no_grad():
-        logits = policy_logits(model, ids, mask, first, torch.ones_like(first, dtype=torch.bool))
-    return torch.log_softmax(logits[:, 0], -1).mean(0)
+        for p in PROMPTS:
+            ids = tokenizer(render_prompt(p, TemplateConfig(), tokenizer), add_special_tokens=False).input_ids
+            rows.append(torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1))
+    return torch.stack(rows).mean(0)
 
 
 @pytest.mark.parametrize("dense", [True, False], ids=["token-level reward", "scalar reward"])

@@ -368,3 +368,37 @@ def test_running_moments_match_concatenated_batches():
     assert masked.mean == pytest.approx(2.0) and masked.std == pytest.approx(1.0)
     with pytest.raises(ValueError):
         masked.update(torch.tensor([]))
+
+
+def test_whitening_over_two_processes_equals_whitening_their_whole_batch():
+    """Two 'processes' (threads) each whiten their half with an all_reduce that sums over both:
+    the halves together equal whitening the whole batch at once."""
+    import threading
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5) * 3 + 1
+    mask = torch.rand(6, 5) > 0.3
+    halves = [(x[:2], mask[:2]), (x[2:], mask[2:])]  # unequal shares, unequal token counts
+    barrier, slots, out = threading.Barrier(2), {}, [None, None]
+
+    def run(rank):
+        calls = [0]
+
+        def all_reduce(t):
+            key = calls[0]
+            calls[0] += 1
+            slots[(key, rank)] = t.clone()
+            barrier.wait()
+            total = slots[(key, 0)] + slots[(key, 1)]
+            barrier.wait()
+            return total
+
+        out[rank] = masked_whiten(*halves[rank], all_reduce=all_reduce)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert torch.allclose(torch.cat(out), masked_whiten(x, mask), atol=1e-6)
+    assert not torch.allclose(out[0], masked_whiten(*halves[0]), atol=1e-3)  # per-half whitening differs

@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+LOG_RATIO_CLAMP = 20.0  # |log pi - log ref| per token, before any KL estimator (verl: k3 only)
+K3_CLAMP = 10.0  # the k3 estimate per token (verl's low_var_kl)
 
 
 def _check_shapes(mask: Tensor, **tensors: Tensor) -> None:
@@ -125,7 +127,7 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return var
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce=None) -> Tensor:
     """Normalise ``x`` to mean 0, std 1 over its masked entries (used for advantages).
 
     Args:
@@ -134,6 +136,9 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
         shift_mean: if False the mean is added back (only the scale changes): whitening
             rewards should not change their sign/offset, whitening advantages should.
         eps: added to the variance before the square root.
+        all_reduce: with several processes, a function summing a tensor over all of them
+            (e.g. ``lambda t: accelerator.reduce(t, "sum")``): mean and variance are then those
+            of every process's valid entries together, so all ranks whiten alike.
     Returns:
         (B, T) whitened values; exactly 0 at padding.
 
@@ -142,8 +147,17 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float =
     mask = mask.bool()
     _check_shapes(mask, x=x)
     x = _zero_pad(x, mask)
-    mean = masked_mean(x, mask)
-    var = masked_var(x, mask, unbiased=True)
+    if all_reduce is None:
+        mean = masked_mean(x, mask)
+        var = masked_var(x, mask, unbiased=True)
+    else:
+        acc = torch.promote_types(x.dtype, torch.float32)
+        n_local = mask.sum().to(acc)
+        total = all_reduce(torch.stack([x.sum().to(acc), n_local]))
+        n = total[1]
+        mean = (total[0] / n.clamp(min=1)).to(x.dtype)
+        m2 = all_reduce(_zero_pad((x - mean).to(acc).square(), mask).sum().reshape(1))[0]
+        var = (m2 / (n - 1).clamp(min=1)).to(x.dtype) if float(n) >= 2 else torch.zeros((), dtype=x.dtype)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -172,7 +186,9 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor
         ref_logp: (B, T) log ref(y_t | s_t) of the same tokens.
         estimator: "k1" | "k2" | "k3".
     Returns:
-        (B, T) per-token estimates (padding is not masked here; ``shape_rewards`` does it).
+        (B, T) per-token estimates (padding is not masked here; ``shape_rewards`` does it),
+        with the log-ratio clamped to ``[-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP]`` and k3 to at most
+        ``K3_CLAMP``.
     Raises:
         ValueError: unknown estimator.
 
@@ -181,16 +197,19 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, estimator: str = "k1") -> Tensor
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}: one of {', '.join(KL_ESTIMATORS)}")
-    log_ratio = logp - ref_logp  # = -log_r
+    # One extreme token (a log-prob of -inf under one policy, or far in the tail) must not put
+    # inf into the rewards and stop the run: the log-ratio is clamped to [-20, 20] (verl clamps
+    # k3's the same way; here every estimator gets it), and k3 itself to at most 10 (as verl).
+    log_ratio = (logp - ref_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # = -log_r
     if estimator == "k1":
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio.square()
     # k3 = exp(log_r) - 1 - log_r, with expm1 for accuracy when log_r is small (the usual case:
-    # exp(u) - 1 cancels catastrophically). The clamp only removes rounding noise: the exact
-    # value is >= 0, but a 1-ulp error in expm1 could make a tiny sample a tiny negative.
+    # exp(u) - 1 cancels catastrophically). The lower clamp only removes rounding noise: the
+    # exact value is >= 0, but a 1-ulp error in expm1 could make a tiny sample a tiny negative.
     log_r = -log_ratio
-    return (torch.expm1(log_r) - log_r).clamp_min(0.0)
+    return (torch.expm1(log_r) - log_r).clamp(0.0, K3_CLAMP)
 
 
 @torch.no_grad()
@@ -299,8 +318,20 @@ def gae(
 # --------------------------------------------------------------------------------------
 
 
+def _token_mean(x: Tensor, mask: Tensor, token_count) -> Tensor:
+    """``masked_mean`` of ``x``, or its masked sum divided by ``token_count`` when given.
+
+    A minibatch split into micro-batches (gradient accumulation) or over processes must weigh
+    every token alike: each part then divides its sum by the token count of the WHOLE
+    minibatch, so the summed gradients equal those of one pass over it, however it is cut.
+    """
+    if token_count is None:
+        return masked_mean(x, mask)
+    return masked_sum(x, mask) / token_count
+
+
 def policy_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2, token_count=None
 ) -> tuple[Tensor, dict]:
     """PPO clipped surrogate loss, averaged over valid tokens.
 
@@ -315,8 +346,10 @@ def policy_loss(
         advantages: (B, T) advantages (usually whitened).
         mask: (B, T) bool.
         clip: epsilon of the clip range [1 - eps, 1 + eps].
+        token_count: divide the summed loss by this many tokens instead of this batch's own
+            count (the valid tokens of the whole minibatch; see ``_token_mean``).
     Returns:
-        (loss, stats): loss () with grad; stats of python floats:
+        (loss, stats): loss () with grad; stats of python floats (over this batch):
         ``clipfrac`` share of valid tokens where the clipped branch is strictly larger
         (i.e. taken, giving no gradient); ``approx_kl`` the masked mean of the k3 estimate
         ``(ratio - 1) - log(ratio)`` of KL(pi_old || pi) (unbiased and >= 0 because the
@@ -334,7 +367,7 @@ def policy_loss(
     adv = _zero_pad(advantages, mask).to(ratio.dtype)
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(pg_unclipped, pg_clipped), mask)
+    loss = _token_mean(torch.maximum(pg_unclipped, pg_clipped), mask, token_count)
     with torch.no_grad():
         stats = {
             "clipfrac": float(masked_mean((pg_clipped > pg_unclipped).float(), mask)),
@@ -345,7 +378,7 @@ def policy_loss(
 
 
 def value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None = 5.0
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float | None = 5.0, token_count=None
 ) -> tuple[Tensor, dict]:
     """Clipped value loss, averaged over valid tokens.
 
@@ -360,6 +393,7 @@ def value_loss(
         mask: (B, T) bool.
         clip: absolute clip range c (in reward units); None disables clipping (plain
             0.5 * MSE).
+        token_count: as in ``policy_loss``.
     Returns:
         (loss, stats): loss () with grad; stats of python floats: ``clipfrac`` share of valid
         tokens where the clipped loss is strictly larger (taken), ``value_mean`` masked mean
@@ -373,13 +407,13 @@ def value_loss(
     target = _zero_pad(returns, mask).to(v.dtype)
     loss_unclipped = (v - target).square()
     if clip is None:
-        loss = 0.5 * masked_mean(loss_unclipped, mask)
+        loss = 0.5 * _token_mean(loss_unclipped, mask, token_count)
         clipfrac = 0.0
     else:
         old_v = _zero_pad(old_values, mask).to(v.dtype)
         v_clipped = old_v + torch.clamp(v - old_v, -clip, clip)
         loss_clipped = (v_clipped - target).square()
-        loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+        loss = 0.5 * _token_mean(torch.maximum(loss_unclipped, loss_clipped), mask, token_count)
         clipfrac = float(masked_mean((loss_clipped > loss_unclipped).float(), mask))
     stats = {"clipfrac": clipfrac, "value_mean": float(masked_mean(v.detach(), mask))}
     return loss, stats

@@ -79,7 +79,13 @@ class PPOConfig(Options):
     clip_ratio: float = opt(0.2, "PPO ratio clip", gt=0)
     value_clip: float | None = opt(5.0, "value clip in reward units (null: off)", gt=0)
     reward_clip: float | None = opt(50.0, "clip RM token rewards to [-c, c] (null: off)", gt=0)
-    normalize_rewards: bool = opt(False, "scale RM rewards by a running std of sequence rewards")
+    score_unfinished: Literal["append_eos", "as_is"] = opt(
+        "append_eos", "a response cut at max_new_tokens is scored as if it stopped there (append_eos: the RM also "
+        "scores the missing EOS, its reward going to the last real token) or as the cut tokens alone (as_is)")
+    missing_eos_penalty: float | None = opt(
+        None, "subtract this from the reward of every response cut at max_new_tokens, on its last token (TRL's "
+        "option); null: no penalty", ge=0)
+    normalize_rewards: bool = opt(False, "scale RM rewards by a running std of sequence rewards (over all processes)")
     whiten_advantages: bool = opt(True, "whiten advantages over the batch")
     vf_coef: float = opt(1.0, "weight of the value loss (separate optimiser; scales its gradient)", gt=0)
     max_prompt_length: int = opt(256, "prompts longer than this (in tokens) are skipped and counted", ge=1)
@@ -332,8 +338,24 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rewards(self, b: Batch) -> None:
-        tr = self.rm.token_rewards(b.prompts, b.response_ids, b.response_mask)
-        b.rm_rewards = tr.rewards.to(self.device).float()
+        """RM token rewards (B, T); a response cut at ``max_new_tokens`` is scored as
+        ``score_unfinished`` says and penalised by ``missing_eos_penalty``."""
+        cfg = self.cfg
+        ids, mask, t = b.response_ids, b.response_mask, b.response_ids.shape[1]
+        unfinished = ~b.finished.to(mask.device)
+        lengths = mask.sum(-1)
+        if cfg.score_unfinished == "append_eos" and unfinished.any():
+            ids, mask = _append_eos(ids, mask, unfinished, self.tokenizer.eos_token_id)
+        r = self.rm.token_rewards(b.prompts, ids, mask).rewards.to(self.device).float()
+        rows = torch.arange(len(r), device=r.device)
+        last = (lengths - 1).clamp(min=0).to(r.device)
+        if r.shape[1] > t:  # the appended EOS is no action of the policy: its reward goes to the last real token
+            extra = torch.where(unfinished.to(r.device), r[rows, lengths.clamp(max=t).to(r.device)], 0.0)
+            r = r[:, :t].clone()
+            r[rows, last] += extra
+        if cfg.missing_eos_penalty:
+            r[rows, last] -= cfg.missing_eos_penalty * unfinished.to(r.device).float()
+        b.rm_rewards = torch.where(b.response_mask, r, 0.0)
         _check_finite("reward", b.rm_rewards, self.step + 1, self._latest_checkpoint())
 
     @torch.no_grad()
@@ -350,39 +372,58 @@ class PPOTrainer:
             b.values = critic_values(self.critic, *args).float()
         mask = b.response_mask
         r = b.rm_rewards
-        if cfg.normalize_rewards:
-            self.reward_stats.update(r.sum(-1))
+        if cfg.normalize_rewards:  # every process updates the same statistics with everyone's rewards
+            self.reward_stats.update(self.acc.gather(r.sum(-1)))
             r = r / max(self.reward_stats.std, 1e-6)
         b.shaped, b.kl = L.shape_rewards(r, b.logp, b.ref_logp, mask, self.kl_ctl.value, cfg.kl_estimator,
                                          cfg.reward_clip)
         b.advantages, b.returns = L.gae(b.shaped, b.values * mask, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            b.advantages = L.masked_whiten(b.advantages, mask)
+            b.advantages = L.masked_whiten(b.advantages, mask, all_reduce=self._sum_over_processes)
+
+    @property
+    def _sum_over_processes(self):
+        """A function summing a tensor over all processes (None with one process)."""
+        if self.acc.num_processes == 1:
+            return None
+        return lambda x: self.acc.reduce(x.to(self.device), reduction="sum")
 
     def update(self, b: Batch) -> dict:
+        """``ppo_epochs`` passes over the batch in minibatches of ``mini_batch_size``, each split into
+        ``grad_accum`` micro-batches. Every token of a minibatch weighs the same in its update,
+        whatever the split: each micro-batch divides its summed loss by the valid tokens of the
+        whole minibatch over all processes (times the process count, as DDP averages gradients)."""
         cfg = self.cfg
         self.actor.train()
         self.critic.train()
         stats: dict[str, list[float]] = {}
         gen = torch.Generator().manual_seed(step_seed(cfg.seed, self.step, "minibatches"))
         micro = cfg.mini_batch_size // cfg.grad_accum
+        world = self.acc.num_processes
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(len(b.prompts), generator=gen)
             for start in range(0, len(perm), cfg.mini_batch_size):
                 self.opt_a.zero_grad(set_to_none=True)
                 self.opt_c.zero_grad(set_to_none=True)
-                for m0 in range(start, start + cfg.mini_batch_size, micro):
-                    mb = b.select(perm[m0 : m0 + micro].to(b.response_ids.device))
+                rows = perm[start : start + cfg.mini_batch_size].to(b.response_ids.device)
+                n_tokens = b.response_mask[rows].sum().float().reshape(1)
+                if world > 1:
+                    n_tokens = self.acc.reduce(n_tokens.to(self.device), reduction="sum")
+                token_count = n_tokens[0].clamp(min=1) / world
+                for m0 in range(0, len(rows), micro):
+                    mb = b.select(rows[m0 : m0 + micro])
                     args = (mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
                     with self._autocast():
                         logits = policy_logits(self.actor, *args, temperature=self._temperature)
                         logp = L.logprobs_from_logits(logits, mb.response_ids)
                         values = critic_values(self.critic, *args)
-                    pl, ps = L.policy_loss(logp, mb.logp, mb.advantages, mb.response_mask, cfg.clip_ratio)
-                    vl, vs = L.value_loss(values.float(), mb.values, mb.returns, mb.response_mask, cfg.value_clip)
+                    pl, ps = L.policy_loss(logp, mb.logp, mb.advantages, mb.response_mask, cfg.clip_ratio,
+                                           token_count=token_count)
+                    vl, vs = L.value_loss(values.float(), mb.values, mb.returns, mb.response_mask, cfg.value_clip,
+                                          token_count=token_count)
                     _check_finite("loss", pl.detach() + vl.detach(), self.step + 1, self._latest_checkpoint())
-                    self.acc.backward(pl / cfg.grad_accum)
-                    self.acc.backward(cfg.vf_coef * vl / cfg.grad_accum)
+                    self.acc.backward(pl)
+                    self.acc.backward(cfg.vf_coef * vl)
                     for k, v in {"policy_loss": pl.item(), "value_loss": vl.item(), **ps,
                                  **{f"value_{k}": v for k, v in vs.items()}}.items():
                         stats.setdefault(k, []).append(float(v))
@@ -644,6 +685,18 @@ class PPOTrainer:
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
+
+
+def _append_eos(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, eos: int):
+    """(B, T+1) ids and mask with ``eos`` written right after the last real token of ``rows`` (B,) bool."""
+    lengths = mask.sum(-1)
+    pad = torch.zeros_like(ids[:, :1])
+    ids = torch.cat([ids, pad], dim=1)
+    mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+    at = lengths.unsqueeze(1)
+    ids = ids.scatter(1, at, torch.where(rows.unsqueeze(1), eos, ids.gather(1, at)))
+    mask = mask.scatter(1, at, rows.unsqueeze(1) | mask.gather(1, at))
+    return ids, mask
 
 
 def _max_abs(params) -> float:
