@@ -211,7 +211,9 @@ def test_ppo_command_with_a_real_seq2seq_rm(tiny_model_dir, seq2seq_rm_dir, prom
     AutoModelForCausalLM.from_pretrained(out)
     samples = json.loads((tmp_path / "policy.run" / "samples" / "step-000002.json").read_text())
     assert len(samples[0]["tokens"]) == len(samples[0]["rm_rewards"]) > 0
-    assert set(samples[0]["rm_rewards"]) <= {1.0, 0.0, -1.0}  # the seq2seq RM's constant-magnitude rewards
+    for row in samples:  # the seq2seq RM's constant-magnitude rewards; a response cut at max_new_tokens
+        *body, last = row["rm_rewards"]  # also carries, on its last token, the reward of the EOS it lacks
+        assert set(body) <= {1.0, 0.0, -1.0} and last in {2.0, 1.0, 0.0, -1.0, -2.0}
     assert list((tmp_path / "policy.run" / "tensorboard").iterdir())
 
 

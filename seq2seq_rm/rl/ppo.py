@@ -617,8 +617,9 @@ class PPOTrainer:
             raise self._damaged(path, e) from None
         changed = self._compare_config(state.get("config") or {}, path)
         try:
-            load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=str(self.device))
-            load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=str(self.device))
+            device = "cpu" if self.device.type == "cpu" else str(self.device)  # safetensors refuses "cpu:0"
+            load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=device)
+            load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=device)
             opt = torch.load(path / "optim.pt", weights_only=True)
             self.opt_a.load_state_dict(opt["opt_a"])
             self.opt_c.load_state_dict(opt["opt_c"])
