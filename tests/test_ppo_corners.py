@@ -74,11 +74,13 @@ def test_logprobs_and_values_match_an_unpadded_forward_at_the_sampling_temperatu
         which, sft_policy_dir, gpt2_model_dir, prompts_file, tmp_path):
     policy = sft_policy_dir if which == "llama" else gpt2_model_dir
     trainer = _trainer(policy, prompts_file, tmp_path / "p")
+    actor, critic = trainer.acc.unwrap_model(trainer.actor), trainer.acc.unwrap_model(trainer.critic)
+    with torch.no_grad():  # the value head starts at zero: give it weights, or every position reads alike
+        critic.v_head.weight.normal_(0, 1.0)
     b = trainer.rollout(0)
     trainer.rewards(b)
     trainer.shape(b)
     assert not b.prompt_mask.all()  # prompts of different lengths: left padding is in play
-    actor, critic = trainer.acc.unwrap_model(trainer.actor), trainer.acc.unwrap_model(trainer.critic)
     for i, prompt, response in _rows(b):
         logp, values = _unpadded(actor, critic, prompt, response, temperature=0.7)
         n = len(response)
