@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = cmd(sub, "tiny-model", "train a byte-level BPE tokenizer and write a small random Llama model")
     t.add_argument("--corpus", required=True, help="JSONL; every string field of every row is text")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--size", choices=["tiny", "small"], default="tiny", help="model size")
+    t.add_argument("--size", choices=["tiny", "medium", "small"], default="tiny", help="model size")
     t.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (default: the size's)")
     t.add_argument("--seed", type=int, default=0, help="initialisation seed")
     t.add_argument("--overwrite", action="store_true", help="replace an earlier tiny model at --out")
@@ -189,14 +189,34 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--b", dest="file_b", required=True, help="the same prompts in the same order (model b)")
     e.add_argument("--judge", required=True, help="oracle:TASK | hf:PATH | openai:MODEL")
     e.add_argument("--out", required=True, help="folder for metrics.json, pairs.jsonl and report.md")
-    e.add_argument("--base-url", help="OpenAI-compatible server for openai:MODEL (default https://api.openai.com/v1)")
-    e.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key ('' for a server that needs none)")
     e.add_argument("--names", nargs=2, metavar=("A", "B"), default=["a", "b"], help="names in the report")
     e.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    e.add_argument("--cache-dir", help="reply cache for openai:MODEL (default ~/.cache/seq2seq_rm/judge)")
-    e.add_argument("--concurrency", type=int, default=4, help="parallel requests for openai:MODEL")
+    e.add_argument("--judge-prompt", metavar="FILE",
+                   help="comparison prompt for hf: and openai: judges: a UTF-8 text file with the placeholders "
+                        "{prompt}, {response_a} and {response_b} (default: the built-in prompt, see README)")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation at --out")
+    api = e.add_argument_group("openai:MODEL judges")
+    api.add_argument("--base-url",
+                     help="OpenAI-compatible server, ending in /v1 (default https://api.openai.com/v1)")
+    api.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="environment variable holding the API key ('' for a server that needs none)")
+    api.add_argument("--cache-dir", help="reply cache (default ~/.cache/seq2seq_rm/judge)")
+    api.add_argument("--concurrency", type=int, default=4, help="parallel requests")
+    api.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="deadline of one request attempt in all: connecting, waiting and reading, a slow or "
+                          "trickling reply included (default 60)")
+    api.add_argument("--max-retries", type=int, metavar="N",
+                     help="retries of a timed-out, refused, 408/409/429 or 5xx request (default 3)")
+    api.add_argument("--max-tokens", type=int, metavar="N",
+                     help="reply length limit in tokens (default 128; a reasoning model may need far more)")
+    api.add_argument("--token-param", choices=["auto", "max_tokens", "max_completion_tokens"],
+                     help="how the limit is sent; auto: max_tokens, switching to max_completion_tokens when the "
+                          "server refuses it (default auto)")
+    api.add_argument("--temperature", metavar="T",
+                     help="sampling temperature, or 'none' to send none (default 0; dropped automatically when "
+                          "the model refuses it)")
+    api.add_argument("--system-prompt", metavar="FILE",
+                     help="system message, a UTF-8 text file (an empty file: none; default: the built-in one)")
     _data_flags(e)
 
     i = cmd(sub, "inspect", "token-level rewards of responses as an HTML heatmap")
@@ -325,15 +345,34 @@ def cmd_inspect(a) -> None:
 
 def cmd_eval(a) -> None:
     from .eval.compare import evaluate_files, format_table
-    from .eval.judges import make_judge
+    from .eval.judges import load_prompt_file, make_judge, most_common_error
     from .outputs import check_output_dir
 
-    check_output_dir(a.out, "eval", a.overwrite, inputs=[a.file_a, a.file_b])
+    kind = a.judge.partition(":")[0]
+    api = {"timeout": a.timeout, "max_retries": a.max_retries, "max_tokens": a.max_tokens,
+           "token_param": a.token_param, "temperature": a.temperature, "system_prompt": a.system_prompt}
+    given = {k: v for k, v in api.items() if v is not None}
+    if given and kind != "openai":
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise ConfigError(f"{flag} applies to openai:MODEL judges only, not to {a.judge}")
+    if a.judge_prompt and kind == "oracle":
+        raise ConfigError(f"--judge-prompt applies to hf: and openai: judges, not to {a.judge}")
+    if "temperature" in given:
+        t = given["temperature"].strip().lower()
+        try:
+            given["temperature"] = None if t == "none" else float(t)
+        except ValueError:
+            raise ConfigError(f"--temperature must be a number or 'none', got {a.temperature!r}") from None
+    if "system_prompt" in given:
+        given["system_prompt"] = load_prompt_file(a.system_prompt, "--system-prompt", check=False).strip() or None
     kw = {}
-    if a.judge.startswith("openai:"):
-        kw = {"api_key_env": a.api_key_env or None, "concurrency": a.concurrency}
+    if a.judge_prompt:
+        kw["prompt_template"] = load_prompt_file(a.judge_prompt, "--judge-prompt")
+    if kind == "openai":
+        kw.update(api_key_env=a.api_key_env or None, concurrency=a.concurrency, **given)
         if a.cache_dir:
             kw["cache_dir"] = a.cache_dir
+    check_output_dir(a.out, "eval", a.overwrite, inputs=[a.file_a, a.file_b])
     judge = make_judge(a.judge, base_url=a.base_url, **kw)
     result, diagnostics = evaluate_files(
         a.file_a, a.file_b, judge, a.out, names=tuple(a.names), seed=a.seed,
@@ -341,6 +380,20 @@ def cmd_eval(a) -> None:
     )
     print(format_table(result, diagnostics))
     log.info("wrote metrics.json, pairs.jsonl and report.md to %s", a.out)
+    if hasattr(judge, "requests_sent"):
+        log.info("%s: %d requests sent, %d verdicts from the cache", judge.name, judge.requests_sent, judge.cache_hits)
+    common = most_common_error(r[o]["error"] for r in result.records for o in ("order_ab", "order_ba"))
+    if common is None:
+        return
+    reason, count, example = common
+    n_bad = sum(r[o]["winner"] == "invalid" for r in result.records for o in ("order_ab", "order_ba"))
+    what = f"the most common error ({count} of {n_bad} invalid verdicts): {example}"
+    if result.n == 0:
+        raise Seq2SeqRMError(
+            f"no pair could be judged: all {len(result.records)} pairs have an invalid verdict; {what}. "
+            f"Every verdict is in {os.path.join(a.out, 'pairs.jsonl')}"
+        )
+    log.warning("%s", what)
 
 
 def cmd_ppo(a) -> None:

@@ -5,23 +5,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import math
 import shutil
 import socket
 import subprocess
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import write_jsonl
+from test_judges import FakeOpenAI
 
 from seq2seq_rm.cli import main
 from seq2seq_rm.errors import ConfigError, DataError, Seq2SeqRMError
-from seq2seq_rm.eval import judges as judges_mod
 from seq2seq_rm.eval.compare import evaluate_files, format_table
 from seq2seq_rm.eval.judges import HFJudge, Judgement, OpenAIJudge, OracleJudge, make_judge, parse_verdict
 from seq2seq_rm.eval.metrics import length_stats, refusal_rates, response_diagnostics
@@ -203,164 +199,7 @@ def test_hf_judge_batched_equals_one_by_one_and_is_deterministic(tiny_model_dir)
 
 # --------------------------------------------------------------------------------------------- OpenAI judge
 
-
-class FakeOpenAI:
-    """An OpenAI-compatible server on 127.0.0.1; ``script`` lists what the next requests get:
-    "500", "429", "400", "401", "sleep" (longer than the client timeout), "garbage", or None for a
-    normal reply (the response that contains "good" wins)."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.script: list = []
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                    action = fake.script.pop(0) if fake.script else None
-                try:
-                    if action == "sleep":
-                        time.sleep(1.0)
-                        return self._reply(200, fake.completion("A"))
-                    if action in ("500", "429", "400", "401"):
-                        msg = f"Incorrect API key provided: {self.headers.get('Authorization')}"
-                        return self._reply(int(action), {"error": {"message": msg}})
-                    if action == "garbage":
-                        return self._reply(200, fake.completion("Well, it depends on many things."))
-                    user = body["messages"][-1]["content"]
-                    first = user.split("[Response A]")[1].split("[Response B]")[0]
-                    return self._reply(200, fake.completion("**Response A**" if "good" in first else "B"))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _reply(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def completion(text):
-        return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant",
-                "content": text}, "finish_reason": "stop"}]}
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def fake_api(monkeypatch):
-    monkeypatch.setenv("JUDGE_KEY", SECRET)
-    srv = FakeOpenAI()
-    yield srv
-    srv.close()
-
-
-def _api_judge(srv, cache, **kw):
-    kw = {"api_key_env": "JUDGE_KEY", "timeout": 0.3, "max_retries": 3, "concurrency": 1, "cache_dir": cache,
-          "backoff": 0.01, "seed": 0, **kw}
-    return OpenAIJudge("judge-model", srv.url, **kw)
-
-
-def test_openai_request_shape_and_retries_500_then_429(fake_api, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)
-    fake_api.script = ["500", "429"]
-    out = _api_judge(fake_api, tmp_path / "cache").judge([("Q?", "a good answer", "meh")])
-    assert out[0].winner == "A" and out[0].raw == "**Response A**"
-    assert len(fake_api.requests) == 3
-    req = fake_api.requests[-1]
-    assert req["path"] == "/v1/chat/completions"
-    assert req["headers"]["Authorization"] == f"Bearer {SECRET}"
-    body = req["body"]
-    assert body["model"] == "judge-model" and body["temperature"] == 0 and 0 < body["max_tokens"] <= 16
-    assert [m["role"] for m in body["messages"]] == ["system", "user"]
-    assert "[Response A]\na good answer" in body["messages"][1]["content"]
-    assert "HTTP 500" in caplog.text and "HTTP 429" in caplog.text and SECRET not in caplog.text
-
-
-def test_openai_timeout_is_retried_and_4xx_is_not(fake_api, tmp_path):
-    fake_api.script = ["sleep"]
-    out = _api_judge(fake_api, tmp_path / "c1").judge([("Q?", "x", "good y")])
-    assert out[0].winner == "B" and len(fake_api.requests) == 2
-    fake_api.requests.clear()
-    fake_api.script = ["400"]
-    out = _api_judge(fake_api, tmp_path / "c2").judge([("Q?", "x", "y")])
-    assert out[0].winner == "invalid" and "HTTP 400" in out[0].error and SECRET not in out[0].error
-    assert len(fake_api.requests) == 1
-    fake_api.script = ["401"]
-    with pytest.raises(Seq2SeqRMError) as e:
-        _api_judge(fake_api, tmp_path / "c3").judge([("Q?", "x", "y")])
-    assert "401" in str(e.value) and SECRET not in str(e.value)
-
-
-def test_openai_retries_run_out_gives_invalid_not_cached(fake_api, tmp_path):
-    fake_api.script = ["500"] * 3
-    cache = tmp_path / "cache"
-    out = _api_judge(fake_api, cache, max_retries=2).judge([("Q?", "x", "y")])
-    assert out[0].winner == "invalid" and "gave up after 3 attempts" in out[0].error
-    assert not list(cache.rglob("*.json"))
-
-
-def test_openai_garbage_reply_is_invalid(fake_api, tmp_path):
-    fake_api.script = ["garbage"]
-    out = _api_judge(fake_api, tmp_path / "cache").judge([("Q?", "good", "bad")])
-    assert out[0].winner == "invalid" and "could not read a verdict" in out[0].error
-    assert out[0].raw == "Well, it depends on many things."
-
-
-def test_openai_eval_cache_and_key_never_written(fake_api, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)
-    prompts = [f"question {i}" for i in range(4)]
-    fa = write_jsonl(tmp_path / "a.jsonl", rows(prompts, ["good one", "good two", "bad", "good four"]))
-    fb = write_jsonl(tmp_path / "b.jsonl", rows(prompts, ["bad", "bad", "good three", "bad"]))
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    fake_api.script = ["garbage", "500"]
-    r, _ = evaluate_files(fa, fb, _api_judge(fake_api, cache, concurrency=3), out, names=("policy", "sft"))
-    assert len(fake_api.requests) == 9  # 8 judgements + one retry
-    assert r.invalid == 1 and r.wins + r.losses + r.ties == 3 and r.wins >= 2
-    n_cached = len(list(cache.rglob("*.json")))
-    assert n_cached == 8
-    fake_api.requests.clear()
-    judge2 = _api_judge(fake_api, cache, concurrency=3)
-    r2, _ = evaluate_files(fa, fb, judge2, tmp_path / "out2", names=("policy", "sft"))
-    assert fake_api.requests == [] and judge2.requests_sent == 0 and judge2.cache_hits == 8
-    assert (r2.wins, r2.losses, r2.ties, r2.invalid) == (r.wins, r.losses, r.ties, r.invalid)
-    written = [p for d in (cache, out, tmp_path / "out2") for p in d.rglob("*") if p.is_file()]
-    assert len(written) >= 8 + 6
-    for p in written:
-        assert SECRET not in p.read_text(encoding="utf-8"), p
-    assert SECRET not in caplog.text
-
-
-def test_openai_missing_key_names_the_variable(monkeypatch, tmp_path):
-    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
-    with pytest.raises(Seq2SeqRMError, match="NO_SUCH_JUDGE_KEY"):
-        OpenAIJudge("m", "http://127.0.0.1:9/v1", api_key_env="NO_SUCH_JUDGE_KEY", cache_dir=tmp_path)
-
-
-def test_openai_cache_key_ignores_the_api_key(monkeypatch, tmp_path):
-    monkeypatch.setenv("K1", "sk-one")
-    monkeypatch.setenv("K2", "sk-two")
-    j1 = OpenAIJudge("m", "http://127.0.0.1:9/v1", api_key_env="K1", cache_dir=tmp_path)
-    j2 = OpenAIJudge("m", "http://127.0.0.1:9/v1", api_key_env="K2", cache_dir=tmp_path)
-    b1, b2 = j1.request_body("q", "x", "y"), j2.request_body("q", "x", "y")
-    assert j1.cache_key(b1) == j2.cache_key(b2) != j1.cache_key(j1.request_body("q", "y", "x"))
-    assert judges_mod.default_cache_dir().name == "judge"
+# The OpenAI-compatible judge's tests (and the FakeOpenAI server) are in test_judges.py.
 
 
 # --------------------------------------------------------------------------------------------- safety
@@ -558,22 +397,26 @@ def _parse(argv):
     return COMMANDS[a.key], a
 
 
-def test_eval_command_with_an_api_judge(fake_api, tmp_path, capsys):
-    prompts = ["q1", "q2"]
-    fa = write_jsonl(tmp_path / "a.jsonl", rows(prompts, ["good", "good too"]))
-    fb = write_jsonl(tmp_path / "b.jsonl", rows(prompts, ["bad", "bad"]))
-    cmd, a = _parse(["eval", "--a", fa, "--b", fb, "--judge", "openai:judge-model", "--base-url", fake_api.url,
-                     "--api-key-env", "JUDGE_KEY", "--out", str(tmp_path / "out"), "--names", "policy", "sft",
-                     "--cache-dir", str(tmp_path / "cache")])
-    cmd(a)
-    printed = capsys.readouterr().out
-    assert "| policy | sft | 2 | 2 | 0 | 0 | 0 | 100.0% |" in printed
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["judge"] == "openai:judge-model"
-    assert len(fake_api.requests) == 4
-
-
 def test_inspect_command(heatmap_rm_dir, tmp_path, sample_rows):
     data = write_jsonl(tmp_path / "r.jsonl", [{"prompt": r["prompt"], "response": r["chosen"]} for r in sample_rows[:2]])
     cmd, a = _parse(["inspect", "--rm", heatmap_rm_dir, "--data", data, "--out", str(tmp_path / "x.html")])
     cmd(a)
     assert (tmp_path / "x.html").read_text().count('class="resp"') == 2
+
+
+def test_hierarchical_bootstrap_widens_with_seed_variance_and_reduces_to_the_plain_one():
+    from seq2seq_rm.eval.winrate import hierarchical_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    same = [rng.binomial(1, 0.6, 200).astype(float) for _ in range(3)]
+    spread = [rng.binomial(1, p, 200).astype(float) for p in (0.35, 0.6, 0.85)]  # seeds disagree
+    lo_s, hi_s = hierarchical_bootstrap_ci(same, n_boot=2000, seed=1)
+    lo_v, hi_v = hierarchical_bootstrap_ci(spread, n_boot=2000, seed=1)
+    pooled_lo, pooled_hi = bootstrap_ci(np.concatenate(spread), n_boot=2000, seed=1)
+    assert lo_s < 0.6 < hi_s and lo_v < 0.6 < hi_v
+    assert (hi_v - lo_v) > 2.5 * (pooled_hi - pooled_lo)  # pooling prompts hides the seed variance
+    assert (hi_v - lo_v) > 2.5 * (hi_s - lo_s)
+    one = hierarchical_bootstrap_ci([spread[0]], n_boot=4000, seed=3)
+    plain = bootstrap_ci(spread[0], n_boot=4000, seed=3)
+    assert one == pytest.approx(plain, abs=0.02)  # one seed: the ordinary bootstrap over prompts
+    assert all(math.isnan(x) for x in hierarchical_bootstrap_ci([[], []]))

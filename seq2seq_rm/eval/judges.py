@@ -10,26 +10,36 @@ judge never has to correct its own position bias.
 * :class:`HFJudge` reads a local causal LM's next-token log-probabilities of "A" vs "B" after
   :data:`JUDGE_PROMPT` (no generation).
 * :class:`OpenAIJudge` asks an OpenAI-compatible ``/chat/completions`` endpoint (standard library
-  HTTP, retries, on-disk cache) and parses the verdict from the reply with :func:`parse_verdict`.
+  HTTP with a total deadline per request, retries, fail-fast errors, on-disk cache keyed by the
+  endpoint) and parses the verdict from the reply with :func:`parse_verdict`.
 
 :func:`make_judge` builds one from a spec string: ``oracle:TASK``, ``hf:PATH`` or ``openai:MODEL``.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import errno
 import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import math
 import os
 import random
 import re
+import socket
+import ssl
+import string
+import threading
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,9 +53,10 @@ logger = logging.getLogger(__name__)
 WINNERS = ("A", "B", "tie", "invalid")
 Item = tuple[Prompt, str, str]
 
-#: The comparison prompt shared by :class:`HFJudge` and :class:`OpenAIJudge`. It asks for one
-#: letter; the HF judge wraps it in the tokenizer's chat template (user turn + generation prompt)
-#: so the very next token is the verdict.
+#: The comparison prompt shared by :class:`HFJudge` and :class:`OpenAIJudge` (either takes
+#: another with the same placeholders: ``prompt_template``, ``--judge-prompt FILE``). It asks for
+#: one letter; the HF judge wraps it in the tokenizer's chat template (user turn + generation
+#: prompt) so the very next token is the verdict.
 JUDGE_PROMPT = (
     "You are comparing two responses to the same user request. Decide which response is better: "
     "more helpful, more correct and harmless, following the request.\n\n"
@@ -55,7 +66,9 @@ JUDGE_PROMPT = (
     "Which response is better? Answer with a single letter: A if Response A is better, "
     "B if Response B is better."
 )
-#: Extra instruction for API judges, which may also declare a tie.
+#: The placeholders of a judge prompt (see :func:`check_judge_prompt`).
+PROMPT_FIELDS = ("prompt", "response_a", "response_b")
+#: Extra instruction for API judges (their system message), which may also declare a tie.
 API_SYSTEM_PROMPT = (
     "You are an impartial judge of response quality. Reply with exactly one of: A, B or tie. "
     "Do not explain."
@@ -84,9 +97,9 @@ class Judge(Protocol):
     def judge(self, items: list[Item]) -> list[Judgement]: ...
 
 
-def format_judge_prompt(prompt: Prompt, response_a: str, response_b: str) -> str:
-    """The user message of the comparison (see :data:`JUDGE_PROMPT`)."""
-    return JUDGE_PROMPT.format(prompt=prompt_text(prompt), response_a=response_a, response_b=response_b)
+def format_judge_prompt(prompt: Prompt, response_a: str, response_b: str, template: str | None = None) -> str:
+    """The user message of the comparison: ``template`` (default :data:`JUDGE_PROMPT`) filled in."""
+    return (template or JUDGE_PROMPT).format(prompt=prompt_text(prompt), response_a=response_a, response_b=response_b)
 
 
 def _verdict_from_diff(diff: float, margin: float) -> str:
@@ -127,7 +140,7 @@ class OracleJudge:
 class HFJudge:
     """A local Hugging Face causal LM as a pairwise judge, by next-token log-probabilities.
 
-    Each item becomes :data:`JUDGE_PROMPT` as a user turn of the tokenizer's chat template with
+    Each item becomes :data:`JUDGE_PROMPT` (or ``prompt_template``) as a user turn of the tokenizer's chat template with
     the generation prompt appended (without a chat template: the prompt text followed by
     ``"\\nAnswer:\\n"``; see :meth:`build_prompt`). One batched forward pass
     (left padding, position ids counted from each row's first real token) gives the log-probability
@@ -146,6 +159,7 @@ class HFJudge:
         max_length: int | None = None,
         device: str | None = None,
         trust_remote_code: bool = False,
+        prompt_template: str | None = None,
     ):
         import torch
 
@@ -153,6 +167,7 @@ class HFJudge:
 
         self.name = f"hf:{model_dir}"
         self.batch_size, self.tie_margin = batch_size, tie_margin
+        self.prompt_template = check_judge_prompt(prompt_template) if prompt_template is not None else JUDGE_PROMPT
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         self.model = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -166,7 +181,7 @@ class HFJudge:
 
     def build_prompt(self, prompt: Prompt, response_a: str, response_b: str) -> str:
         """The full text fed to the model; its next token is the verdict."""
-        user = format_judge_prompt(prompt, response_a, response_b)
+        user = format_judge_prompt(prompt, response_a, response_b, self.prompt_template)
         if self.use_template:
             return self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
@@ -238,15 +253,21 @@ _SHORT = re.compile(
     rf"(a|b|{_TIE_WORDS})\s*(?:is\s+better|wins|is\s+the\s+better\s+(?:one|response))?[\s.!:;,]*$",
     re.IGNORECASE,
 )
+# In a longer reply the verdict letter must be a capital (a lower-case "a" is the article), and
+# an adverb may stand before it: "the correct answer is indeed B".
+_ADVERB = r"(?:(?:clearly|definitely|indeed|obviously|probably|certainly|actually|surely)\s+)?"
 _EXPLICIT = (
-    re.compile(r"\[\[\s*(a|b|tie)\s*\]\]", re.IGNORECASE),
+    re.compile(r"\[\[\s*([ABab]|(?i:tie))\s*\]\]"),
     re.compile(
-        r"\b(?:verdict|winner|final answer|better response|better answer|answer|choice)\s*(?:is)?\s*[:=]?\s*"
-        r"(?:response\s+)?\**\s*(a|b|tie)\b",
-        re.IGNORECASE,
+        r"(?i:\b(?:verdict|winner|final answer|better response|better answer|answer|choice)\s*(?:is)?\s*[:=]?\s*"
+        + _ADVERB + r"(?:response\s+)?)(A|B|(?i:tie))\b"
     ),
-    re.compile(r"\b(?:response|answer|output)\s+(a|b)\b(?=\s+(?:is\s+(?:better|preferable|superior)|wins))",
-               re.IGNORECASE),    re.compile(r"\b(?:it'?s\s+a\s+(tie)|(?:both|they)\s+are\s+(equal)ly\s+good|(neither)\s+is\s+better)\b",
+    re.compile(
+        r"(?i:\b(?:response|answer|output|assistant)\s+)(A|B)\b(?=(?i:\s+is\s+" + _ADVERB
+        + r"(?:the\s+|a\s+)?(?:better|best|preferable|superior|more\s+helpful)|\s+wins))"
+    ),
+    re.compile(r"(?i:\b(?:choose|pick|prefer|select|go\s+with)\s+(?:response\s+|answer\s+|option\s+)?)(A|B)\b"),
+    re.compile(r"\b(?:it'?s\s+a\s+(tie)|(?:both|they)\s+are\s+(equal)ly\s+good|(neither)\s+is\s+better)\b",
                re.IGNORECASE),
 )
 
@@ -256,9 +277,11 @@ def parse_verdict(text: str | None) -> str | None:
 
     Accepted: a short reply that is just the verdict, with any markdown or punctuation
     (``"A"``, ``"**B**"``, ``"Response A"``, ``"[[B]]"``, ``"Verdict: tie"``, ``"A is better."``),
-    or a longer reply whose explicit verdict phrases (``[[A]]``, ``"verdict: B"``,
-    ``"Response A is better"``) all name the same answer. Anything else (empty, both letters
-    claimed, prose with no verdict) is None, which the caller turns into an invalid judgement.
+    or a longer reply whose explicit verdict phrases all name the same answer: ``[[A]]``,
+    ``"verdict: B"``, ``"the correct answer is indeed B"``, ``"Response A is better"``,
+    ``"I would choose Response B"``, ``"it's a tie"``. In a longer reply the letter must be a
+    capital. Anything else (empty, both letters claimed, prose with no verdict) is None, which
+    the caller turns into an invalid judgement.
     """
     if not text or not text.strip():
         return None
@@ -276,11 +299,49 @@ def parse_verdict(text: str | None) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+#: Separates an invalid verdict's reason from the reply it quotes (see :func:`most_common_error`).
+REPLY_SEP = " \u2014 reply: "
+
+
+def most_common_error(errors) -> tuple[str, int, str] | None:
+    """``(reason, count, example)`` for the most frequent reason among ``errors`` (None entries
+    skipped; an error quoting the judge's reply counts by its reason, without the reply), or None."""
+    errors = [e for e in errors if e]
+    if not errors:
+        return None
+    reasons = Counter(e.split(REPLY_SEP)[0] for e in errors)
+    reason, count = reasons.most_common(1)[0]
+    return reason, count, next(e for e in errors if e.split(REPLY_SEP)[0] == reason)
+
+
 # --------------------------------------------------------------------------------------------- OpenAI
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: Reply limit in tokens: room for a chat model that answers in a sentence ("The correct answer
+#: is B."); a reply cut at the limit says so in its error.
+DEFAULT_MAX_TOKENS = 128
+#: How the reply limit is sent: "auto" sends ``max_tokens`` and switches to
+#: ``max_completion_tokens`` when the server refuses the former (OpenAI's reasoning models).
+TOKEN_PARAMS = ("auto", "max_tokens", "max_completion_tokens")
+_RETRY_STATUS = (408, 409, 429)  # and every 5xx
+_MAX_REPLY_BYTES = 8 << 20
 
 
 class _Fatal(Exception):
-    """A response the request cannot recover from by retrying (e.g. 401, 404)."""
+    """A condition retrying cannot fix (wrong URL, key or model; nothing listening): stops the run."""
+
+
+class _Stopped(Exception):
+    """Another request hit a fatal condition: this one is not sent."""
+
+
+class _RequestFailed(Exception):
+    """One request failed for good: a 4xx other than 401/403/404 (``transient`` False), or its
+    retries ran out (timeouts, 429, 5xx; ``transient`` True). The item becomes invalid."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient
 
 
 def default_cache_dir() -> Path:
@@ -288,41 +349,155 @@ def default_cache_dir() -> Path:
     return Path(root) / "judge"
 
 
+def check_judge_prompt(template: str, source: str = "judge prompt") -> str:
+    """``template`` when it is a usable judge prompt: ``str.format`` placeholders ``{prompt}``,
+    ``{response_a}`` and ``{response_b}``, each at least once and no others (a literal brace is
+    written ``{{`` or ``}}``); else a ConfigError naming ``source``."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e} (write a literal brace as {{{{ or }}}})") from None
+    unknown = sorted({f"{{{f}}}" for f in fields if f not in PROMPT_FIELDS})
+    missing = [f"{{{f}}}" for f in PROMPT_FIELDS if f not in fields]
+    if unknown or missing:
+        what = "; ".join(
+            ([f"missing placeholder(s) {', '.join(missing)}"] if missing else [])
+            + ([f"unknown placeholder(s) {', '.join(unknown)}"] if unknown else [])
+        )
+        raise ConfigError(
+            f"{source}: {what}. A judge prompt holds {{prompt}}, {{response_a}} and {{response_b}} "
+            "and no other placeholder (write a literal brace as {{ or }})"
+        )
+    return template
+
+
+def load_prompt_file(path: str | os.PathLike, what: str = "--judge-prompt", check: bool = True) -> str:
+    """The text of a prompt file (UTF-8), checked by :func:`check_judge_prompt` when ``check``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path}: cannot read it ({e})") from None
+    return check_judge_prompt(text, f"{what} {path}") if check else text
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def _proxy_for(scheme: str, host: str) -> urllib.parse.SplitResult | None:
+    """The proxy from ``{scheme}_proxy`` / ``no_proxy`` for ``host``; never one for a loopback host."""
+    if _is_loopback(host):
+        return None
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+
+
+@dataclass
+class _HTTPReply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    text: str
+
+
 class OpenAIJudge:
     """An OpenAI-compatible chat-completions server as a pairwise judge.
 
-    Each item is one ``POST {base_url}/chat/completions`` with body
-    ``{"model", "messages": [system, user], "temperature": 0, "max_tokens"}`` (the user message is
-    :data:`JUDGE_PROMPT`), sent with the standard library by ``concurrency`` threads. Timeouts,
-    connection errors, HTTP 429 and 5xx are retried up to ``max_retries`` times with exponential
-    backoff and jitter (``backoff * 2**attempt * U(0.5, 1.5)``, at most ``max_backoff`` s, a
-    ``Retry-After`` header is honoured up to the same cap); 400/413/422 make that item invalid and
-    401/403/404 stop the run (a wrong key, model or URL). An item whose retries run out is invalid.
+    **Requests.** Each item is one ``POST {base_url}/chat/completions`` with body ``{"model",
+    "messages": [system, user], "temperature": 0, "max_tokens": 128}``; the user message is
+    ``prompt_template`` (default :data:`JUDGE_PROMPT`), the system message ``system_prompt``
+    (default :data:`API_SYSTEM_PROMPT`; None for none). ``token_param="auto"`` sends
+    ``max_tokens`` and, when the server refuses it (OpenAI's reasoning models want
+    ``max_completion_tokens``), resends with ``max_completion_tokens`` and keeps doing so; a
+    server that refuses ``temperature`` gets requests without it (``temperature=None`` sends
+    none from the start). HTTP is the standard library's ``http.client``; ``http(s)_proxy`` /
+    ``no_proxy`` are honoured except for loopback hosts.
 
-    Successful replies are cached on disk under ``cache_dir`` keyed by the sha256 of the canonical
-    request body (model, messages, parameters; never the key), written atomically, so a rerun sends
-    no request. The API key is read from ``api_key_env`` (``None`` or ``""`` for servers that need
-    none); it is sent only in the ``Authorization`` header and scrubbed from any error text.
+    **Deadline and retries.** ``timeout`` bounds the whole of one attempt (connecting, sending,
+    waiting and reading, a server that trickles bytes included): a watchdog closes the socket at
+    the deadline. Timeouts, connection errors, 408/409/429 and 5xx are retried up to
+    ``max_retries`` times with exponential backoff and jitter (``backoff * 2**attempt *
+    U(0.5, 1.5)``, at most ``max_backoff`` s; ``Retry-After`` honoured up to the same cap);
+    other 4xx make that item invalid without a retry.
+
+    **Failing fast.** These raise :class:`Seq2SeqRMError` from :meth:`judge` and cancel the
+    requests not yet sent: 401/403 (key), 404 (wrong URL, with a hint when ``/v1`` is missing),
+    an unknown model (a 404 or 400 saying so; the error lists the models the server serves),
+    a TLS error, a connection that still fails (refused, no such host) after the retries, and
+    ``max_failures_in_a_row`` items in a row whose requests failed (retries run out; before the
+    first success also other 4xx). The first request to a server goes alone, so a wrong URL,
+    key or model costs one request, not ``concurrency`` of them.
+
+    **Both orders, concurrently.** The win-rate protocol asks for both orders of every pair in
+    one call, so with ``concurrency`` > 1 they are in flight together.
+
+    **Cache.** Replies (readable or not) are cached under ``cache_dir`` keyed by the sha256 of
+    the endpoint (``base_url`` without credentials) and the request body as configured (model,
+    messages, temperature, reply limit; never the key), written atomically: a rerun against the
+    same endpoint sends no request, another endpoint with the same model name gets its own
+    verdicts. Failed requests are not cached.
+
+    **The key** is read from ``api_key_env`` (``None`` or ``""`` for servers that need none),
+    sent only in the ``Authorization`` header and replaced by ``***`` in every reply, error,
+    log line and cache entry, also when a server echoes it in a successful reply.
     """
 
     def __init__(
         self,
         model: str,
-        base_url: str = "https://api.openai.com/v1",
+        base_url: str = DEFAULT_BASE_URL,
         api_key_env: str | None = "OPENAI_API_KEY",
         *,
         timeout: float = 60.0,
-        max_retries: int = 4,
+        max_retries: int = 3,
         concurrency: int = 4,
         cache_dir: str | os.PathLike | None = None,
-        max_tokens: int = 8,
-        backoff: float = 1.0,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        token_param: str = "auto",
+        temperature: float | None = 0.0,
+        prompt_template: str | None = None,
+        system_prompt: str | None = API_SYSTEM_PROMPT,
+        max_failures_in_a_row: int = 3,
+        backoff: float = 0.5,
         max_backoff: float = 30.0,
         seed: int | None = None,
     ):
         if not model:
             raise ConfigError("openai judge: a model name is required (openai:MODEL)")
-        self.model, self.base_url = model, base_url.rstrip("/")
+        _check_number("timeout", timeout, "--timeout", low=0, strict=True)
+        _check_number("max_retries", max_retries, "--max-retries", low=0, integer=True)
+        _check_number("concurrency", concurrency, "--concurrency", low=1, integer=True)
+        _check_number("max_tokens", max_tokens, "--max-tokens", low=1, integer=True)
+        _check_number("max_failures_in_a_row", max_failures_in_a_row, None, low=1, integer=True)
+        _check_number("backoff", backoff, None, low=0)
+        _check_number("max_backoff", max_backoff, None, low=0)
+        if temperature is not None:
+            _check_number("temperature", temperature, "--temperature", low=0)
+        if token_param not in TOKEN_PARAMS:
+            raise ConfigError(f"token_param (--token-param) must be one of {', '.join(TOKEN_PARAMS)}, got {token_param!r}")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        url = urllib.parse.urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"the judge's base URL must be http(s)://HOST[:PORT]/PATH, got {self._redact_url(base_url)!r}")
+        try:
+            self._port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError as e:
+            raise ConfigError(f"the judge's base URL {self._redact_url(base_url)!r}: {e}") from None
+        self._scheme, self._host, self._path = url.scheme, url.hostname, url.path.rstrip("/")
+        self._query = f"?{url.query}" if url.query else ""
+        #: what the cache is keyed by and errors name: the base URL without credentials
+        self.endpoint = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{self._path}{self._query}"
+        self.base_url = self.endpoint  # credentials in the URL are not used, and not kept
+        self._proxy = _proxy_for(url.scheme, url.hostname)
+        self._proxy_headers: dict[str, str] = {}
+        if self._proxy is not None and self._proxy.username is not None:
+            cred = f"{urllib.parse.unquote(self._proxy.username)}:{urllib.parse.unquote(self._proxy.password or '')}"
+            self._proxy_headers = {"Proxy-Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
         self.name = f"openai:{model}"
         self.api_key_env = api_key_env or None
         self._key: str | None = None
@@ -335,32 +510,44 @@ class OpenAIJudge:
                     "server that needs no key, use api_key_env=None / --api-key-env '')"
                 )
             self._key = key
-        self.timeout, self.max_retries, self.concurrency = timeout, max_retries, max(1, concurrency)
-        self.max_tokens, self.backoff, self.max_backoff = max_tokens, backoff, max_backoff
+        self.timeout, self.max_retries, self.concurrency = float(timeout), int(max_retries), int(concurrency)
+        self.max_tokens, self.token_param, self.temperature = int(max_tokens), token_param, temperature
+        self.prompt_template = check_judge_prompt(prompt_template) if prompt_template is not None else JUDGE_PROMPT
+        self.system_prompt = system_prompt or None
+        self.max_failures_in_a_row = int(max_failures_in_a_row)
+        self.backoff, self.max_backoff = backoff, max_backoff
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._use_completion_tokens = token_param == "max_completion_tokens"
+        self._send_temperature = temperature is not None
+        self._answered = False  # the server has answered an HTTP request
+        self._succeeded = False  # ... with a chat completion
+        self._failures_in_a_row = 0
         self.requests_sent = 0
         self.cache_hits = 0
 
     def __repr__(self) -> str:  # never shows the key
-        return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        return f"OpenAIJudge(model={self.model!r}, base_url={self.endpoint!r}, api_key_env={self.api_key_env!r})"
 
     # -- request pieces
 
     def request_body(self, prompt: Prompt, response_a: str, response_b: str) -> dict:
-        return {
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": API_SYSTEM_PROMPT},
-                {"role": "user", "content": format_judge_prompt(prompt, response_a, response_b)},
-            ],
-            "temperature": 0,
-            "max_tokens": self.max_tokens,
-        }
+        """The request as configured (before any adaptation to the server); also the cache key's body."""
+        messages = [{"role": "user", "content": format_judge_prompt(prompt, response_a, response_b, self.prompt_template)}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        body: dict = {"model": self.model, "messages": messages}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        body["max_completion_tokens" if self.token_param == "max_completion_tokens" else "max_tokens"] = self.max_tokens
+        return body
 
-    @staticmethod
-    def cache_key(body: dict) -> str:
-        canon = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    def cache_key(self, body: dict) -> str:
+        """sha256 of the endpoint and the configured request body (the key is in neither)."""
+        canon = json.dumps({"endpoint": self.endpoint, "request": body}, sort_keys=True, ensure_ascii=False,
+                           separators=(",", ":"))
         return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
     def _cache_path(self, key: str) -> Path:
@@ -371,116 +558,359 @@ class OpenAIJudge:
             text = text.replace(self._key, "***")
         return text
 
-    def _sleep_for(self, attempt: int, retry_after: str | None) -> float:
-        delay = min(self.max_backoff, self.backoff * (2**attempt)) * (0.5 + self._rng.random())
-        if retry_after:
+    @staticmethod
+    def _redact_url(url: str) -> str:
+        u = urllib.parse.urlsplit(url)
+        if u.username is None and u.password is None:
+            return url
+        return urllib.parse.urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
+
+    def _wire(self, body: dict) -> dict:
+        """The body as sent now: with the adaptations the server asked for."""
+        wire = dict(body)
+        if self._use_completion_tokens and "max_tokens" in wire:
+            wire["max_completion_tokens"] = wire.pop("max_tokens")
+        if not self._send_temperature:
+            wire.pop("temperature", None)
+        return wire
+
+    def _sleep_for(self, attempt: int, headers: dict[str, str]) -> float:
+        with self._lock:
+            jitter = 0.5 + self._rng.random()
+        delay = min(self.max_backoff, self.backoff * (2**attempt)) * jitter
+        for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
             try:
-                delay = max(delay, min(self.max_backoff, float(retry_after)))
-            except ValueError:
+                return max(delay, min(self.max_backoff, float(headers[name]) * scale))
+            except (KeyError, ValueError):
                 pass
         return delay
 
-    def _post(self, body: dict) -> str:
-        """The reply text of one request, retrying transient failures; raises _Fatal or RuntimeError."""
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    # -- HTTP
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection to the server, or to its proxy (a CONNECT tunnel for https)."""
+        proxy = self._proxy
+        if self._scheme == "https":
+            ctx = ssl.create_default_context()
+            if proxy is None:
+                return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=ctx)
+            conn = http.client.HTTPSConnection(proxy.hostname, proxy.port or 80, timeout=timeout, context=ctx)
+            conn.set_tunnel(self._host, self._port, headers=self._proxy_headers)
+            return conn
+        if proxy is None:
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(proxy.hostname, proxy.port or 80, timeout=timeout)
+
+    def _exchange(self, method: str, path: str, data: bytes | None, headers: dict, timeout: float) -> _HTTPReply:
+        """One HTTP exchange with ``{base path}{path}`` that ends within ``timeout`` s, whatever the
+        server does: a watchdog shuts the socket down at the deadline (a socket timeout alone is
+        per read, and a server sending a byte now and then would hold the request far longer)."""
+        conn = self._connection(timeout)
+        target = self._path + path + self._query
+        if self._proxy is not None and self._scheme == "http":  # a plain-HTTP proxy takes the absolute URL
+            target = f"http://{self._host}:{self._port}{target}"
+            headers = {**headers, **self._proxy_headers}
+        fired = threading.Event()
+
+        def expire():
+            fired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.connect()  # bounded by the socket timeout; the watchdog covers everything after it
+            if fired.is_set():
+                raise TimeoutError
+            conn.request(method, target, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read(_MAX_REPLY_BYTES + 1)
+            status, reply_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
+        except Exception:
+            if fired.is_set():
+                raise TimeoutError(f"no complete reply within {timeout:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+        if fired.is_set():
+            raise TimeoutError(f"no complete reply within {timeout:g} s")
+        if len(payload) > _MAX_REPLY_BYTES:
+            raise http.client.HTTPException(f"reply larger than {_MAX_REPLY_BYTES >> 20} MiB")
+        return _HTTPReply(status, reply_headers, payload.decode("utf-8", errors="replace"))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "seq2seq-rm"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        url = f"{self.base_url}/chat/completions"
-        last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-            self.requests_sent += 1
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    payload = resp.read().decode("utf-8", errors="replace")
-                return _reply_text(payload)
-            except urllib.error.HTTPError as e:
-                detail = self._redact(_error_detail(e))
-                last = f"HTTP {e.code}: {detail}"
-                if e.code in (401, 403, 404):
-                    raise _Fatal(f"{url} answered {last}") from None
-                if e.code != 429 and e.code < 500:
-                    raise ValueError(last) from None
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-            except TimeoutError as e:
-                last = f"timed out after {self.timeout:g} s ({type(e).__name__})"
-            except urllib.error.URLError as e:
-                last = f"connection failed: {self._redact(str(e.reason))}"
-            except (ConnectionError, http.client.HTTPException, OSError) as e:
-                last = f"connection failed: {type(e).__name__}: {self._redact(str(e))}"
-            if attempt < self.max_retries:
-                delay = self._sleep_for(attempt, retry_after)
-                logger.warning(
-                    "%s: %s; retry %d/%d in %.2f s", self.name, last, attempt + 1, self.max_retries, delay
-                )
-                time.sleep(delay)
-        raise RuntimeError(f"gave up after {self.max_retries + 1} attempts: {last}")
+        return headers
 
-    def _judge_one(self, item: Item) -> Judgement:
-        body = self.request_body(*item)
-        key = self.cache_key(body)
+    def _send(self, body: dict) -> tuple[str, str | None, dict]:
+        """(reply text, finish_reason, body as sent) of one item, retrying transient failures and
+        adapting to a server that refuses ``max_tokens`` or ``temperature``; raises _Fatal,
+        _Stopped or _RequestFailed."""
+        url = f"{self.endpoint}/chat/completions"
+        attempt = adaptations = 0
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            wire = self._wire(body)
+            data = json.dumps(wire, ensure_ascii=False).encode("utf-8")
+            reply_headers: dict[str, str] = {}
+            with self._lock:
+                self.requests_sent += 1
+            try:
+                r = self._exchange("POST", "/chat/completions", data, self._headers(), self.timeout)
+            except TimeoutError:
+                last, connect_failed = f"no complete reply within {self.timeout:g} s (the timeout)", False
+            except ssl.SSLError as e:
+                raise _Fatal(
+                    f"TLS error talking to {self.endpoint}: {self._redact(str(e))}. Does the server speak "
+                    f"{'https' if self._scheme == 'https' else 'http'}? Check --base-url"
+                ) from None
+            except (ConnectionRefusedError, socket.gaierror) as e:
+                why = "connection refused" if isinstance(e, ConnectionRefusedError) else f"cannot resolve the host {self._host!r}"
+                last, connect_failed = why, True
+            except (OSError, http.client.HTTPException) as e:
+                last, connect_failed = f"connection failed: {type(e).__name__}: {self._redact(str(e))}", False
+                if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+                    connect_failed = True
+            else:
+                with self._lock:
+                    self._answered = True
+                if r.status == 200:
+                    try:
+                        text, finish = _reply_text(r.text)
+                    except ValueError as e:
+                        raise _RequestFailed(self._redact(str(e)), transient=False) from None
+                    return self._redact(text), finish, wire
+                detail, err = _error_info(r.text)
+                detail = self._redact(detail)
+                fatal = self._fatal_message(r.status, detail, err, url)
+                if fatal:
+                    raise _Fatal(fatal)
+                if r.status == 400 and adaptations < 2 and self._adapt(wire, detail, err):
+                    adaptations += 1
+                    continue
+                last = f"HTTP {r.status}: {detail}"
+                if r.status not in _RETRY_STATUS and r.status < 500:
+                    raise _RequestFailed(last, transient=False)
+                reply_headers, connect_failed = r.headers, False
+            if attempt >= self.max_retries:
+                if connect_failed:
+                    raise _Fatal(
+                        f"cannot reach {self.endpoint}: {last} (after {attempt + 1} attempt(s)). Is the server "
+                        "running, and is --base-url right?"
+                    )
+                raise _RequestFailed(f"gave up after {attempt + 1} attempts: {last}", transient=True)
+            delay = self._sleep_for(attempt, reply_headers)
+            logger.warning("%s: %s; retry %d/%d in %.2f s", self.name, last, attempt + 1, self.max_retries, delay)
+            if self._stop.wait(delay):
+                raise _Stopped
+            attempt += 1
+
+    def _adapt(self, sent: dict, detail: str, err: dict) -> bool:
+        """Whether a 400 refuses a parameter this judge can send otherwise (then it does from now on)."""
+        param, msg = str(err.get("param") or ""), detail.lower()
+        refused = re.search(r"unsupported|not supported|does not support|only the default", msg)
+        if (
+            "max_tokens" in sent and self.token_param == "auto"
+            and (param == "max_tokens" or ("max_tokens" in msg and "max_completion_tokens" in msg))
+        ):
+            with self._lock:
+                if not self._use_completion_tokens:
+                    logger.warning("%s: the server refuses max_tokens (%s); sending max_completion_tokens instead",
+                                   self.name, detail)
+                self._use_completion_tokens = True
+            return True
+        if "temperature" in sent and (param == "temperature" or ("temperature" in msg and refused)):
+            with self._lock:
+                if self._send_temperature:
+                    logger.warning("%s: the model refuses temperature=%g (%s); sending requests without it "
+                                   "(the model's default applies)", self.name, self.temperature, detail)
+                self._send_temperature = False
+            return True
+        return False
+
+    def _fatal_message(self, status: int, detail: str, err: dict, url: str) -> str | None:
+        """The error that stops the run for this HTTP status, or None when the item may go on."""
+        if status == 401:
+            how = (f"check the API key in ${self.api_key_env}" if self._key else
+                   "the server wants an API key: name the variable that holds it with --api-key-env")
+            return f"{url} answered HTTP 401 (unauthorized): {detail}. {how[0].upper()}{how[1:]}"
+        if status == 403:
+            return f"{url} answered HTTP 403 (forbidden): {detail}. The API key has no access to this model or endpoint"
+        if status in (400, 404) and _unknown_model(detail, err):
+            served = self._served_models()
+            listed = f" It serves: {', '.join(served)}" if served else ""
+            return (f"the server at {self.endpoint} does not serve the model {self.model!r} (HTTP {status}: "
+                    f"{detail}).{listed}")
+        if status == 404:
+            if re.search(r"/v\d+[a-z]*$", self._path):
+                hint = "Check --base-url"
+            else:
+                hint = (f"The base URL of an OpenAI-compatible server usually ends in /v1: try --base-url "
+                        f"{self.endpoint}/v1")
+            return f"{url} answered HTTP 404 (not found): {detail}. {hint}"
+        return None
+
+    def _served_models(self) -> list[str]:
+        """Model ids from ``GET {base_url}/models`` (best effort, for an error message)."""
+        try:
+            r = self._exchange("GET", "/models", None, self._headers(), min(self.timeout, 10.0))
+            ids = [m["id"] for m in json.loads(r.text)["data"] if isinstance(m, dict) and "id" in m]
+        except Exception:  # a nicety of an error message
+            return []
+        return [self._redact(str(i)) for i in ids[:10]] + (["..."] if len(ids) > 10 else [])
+
+    # -- judging
+
+    def _read_cache(self, key: str) -> Judgement | None:
         path = self._cache_path(key)
-        reply = None
-        if path.is_file():
-            try:
-                reply = json.loads(path.read_text(encoding="utf-8"))["reply"]
-                self.cache_hits += 1
-            except (OSError, ValueError, KeyError, TypeError):
-                reply = None  # a damaged cache entry is simply asked again
-        if reply is None:
-            try:
-                reply = self._post(body)
-            except _Fatal:
-                raise
-            except (ValueError, RuntimeError) as e:
-                return Judgement("invalid", None, self._redact(str(e)))
-            entry = {"key": key, "request": body, "reply": reply, "created": time.time()}
-            atomic_write_text(path, json.dumps(entry, ensure_ascii=False, indent=1) + "\n")
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            reply, finish = entry["reply"], entry.get("finish_reason")
+            if not isinstance(reply, str):
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged cache entry is simply asked again
+        return self._verdict(reply, finish)
+
+    def _verdict(self, reply: str, finish: str | None) -> Judgement:
         verdict = parse_verdict(reply)
-        if verdict is None:
-            return Judgement("invalid", reply, f"could not read a verdict (A, B or tie) from the reply {reply!r:.200}")
-        return Judgement(verdict, reply, None)
+        if verdict is not None:
+            return Judgement(verdict, reply, None)
+        why = "could not read a verdict (A, B or tie) from the reply"
+        if finish == "length":
+            why += (f"; the reply hit its length limit (finish_reason 'length' at {self.max_tokens} tokens): "
+                    "raise --max-tokens")
+        return Judgement("invalid", reply, f"{why}{REPLY_SEP}{reply!r:.200}")
+
+    def _judge_request(self, key: str, body: dict) -> Judgement:
+        try:
+            reply, finish, wire = self._send(body)
+        except _RequestFailed as e:
+            with self._lock:
+                if e.transient or not self._succeeded:
+                    self._failures_in_a_row += 1
+                n = self._failures_in_a_row
+            if n >= self.max_failures_in_a_row:
+                raise _Fatal(f"stopped after {n} requests in a row failed; the last: {e}") from None
+            return Judgement("invalid", None, str(e))
+        with self._lock:
+            self._succeeded, self._failures_in_a_row = True, 0
+        entry = {"key": key, "endpoint": self.endpoint, "request": body, "sent": wire, "reply": reply,
+                 "finish_reason": finish, "created": time.time()}
+        text = self._redact(json.dumps(entry, ensure_ascii=False, indent=1)) + "\n"
+        atomic_write_text(self._cache_path(key), text)
+        return self._verdict(reply, finish)
+
+    def _run(self, todo: list[str], jobs: dict[str, dict], results: dict[str, Judgement]) -> None:
+        if todo and not self._answered:  # the first request goes alone: a wrong URL, key or model costs one
+            key = todo.pop(0)
+            results[key] = self._judge_request(key, jobs[key])
+        if self.concurrency == 1 or len(todo) <= 1:
+            for key in todo:
+                results[key] = self._judge_request(key, jobs[key])
+            return
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge")
+        futures = {pool.submit(self._judge_request, key, jobs[key]): key for key in todo}
+        try:
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+        except BaseException:
+            self._stop.set()  # in-flight requests finish (within the timeout); queued ones are not sent
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def judge(self, items: list[Item]) -> list[Judgement]:
         sent, hits = self.requests_sent, self.cache_hits
+        self._stop.clear()
+        keys, jobs = [], {}
+        for prompt, a, b in items:
+            body = self.request_body(prompt, a, b)
+            keys.append(self.cache_key(body))
+            jobs.setdefault(keys[-1], body)
+        results: dict[str, Judgement] = {}
+        for key in jobs:
+            if (cached := self._read_cache(key)) is not None:
+                results[key] = cached
+                self.cache_hits += 1
         try:
-            if self.concurrency == 1 or len(items) <= 1:
-                out = [self._judge_one(it) for it in items]
-            else:
-                with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                    out = list(pool.map(self._judge_one, items))
+            self._run([k for k in jobs if k not in results], jobs, results)
         except _Fatal as e:
-            raise Seq2SeqRMError(f"{self.name}: {e}") from None
-        logger.info(
-            "%s: %d items, %d cached, %d requests sent",
-            self.name, len(items), self.cache_hits - hits, self.requests_sent - sent,
-        )
-        return out
+            done = " Verdicts received so far are cached; a rerun starts from them." if self._succeeded else ""
+            raise Seq2SeqRMError(f"{self.name}: {str(e).rstrip('.')}.{done}") from None
+        logger.info("%s: %d items, %d from the cache, %d requests sent",
+                    self.name, len(items), self.cache_hits - hits, self.requests_sent - sent)
+        return [results[k] for k in keys]
 
 
-def _error_detail(e: urllib.error.HTTPError) -> str:
+def _check_number(name: str, value, flag: str | None, low: float, strict: bool = False, integer: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (not integer or float(value).is_integer())
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bound = f"greater than {low:g}" if strict else f"at least {low:g}"
+        raise ConfigError(f"{name}{f' ({flag})' if flag else ''} must be {kind} {bound}, got {value!r}")
+
+
+_UNKNOWN_MODEL = re.compile(
+    r"model_not_found|\bmodel\b.{0,160}?\b(?:does not exist|not found|is not served|unknown)\b"
+    r"|\b(?:unknown|invalid|no such)\s+model\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _unknown_model(detail: str, err: dict) -> bool:
+    """Whether an error says the model does not exist: OpenAI's code ``model_not_found``, vLLM's
+    "The model `x` does not exist.", Ollama's 'model "x" not found'."""
+    return err.get("code") == "model_not_found" or bool(_UNKNOWN_MODEL.search(detail))
+
+
+def _error_info(body: str) -> tuple[str, dict]:
+    """(message, error object) of an error response: ``{"error": {...}}`` (OpenAI, vLLM),
+    ``{"message": ...}`` (older vLLM), ``{"detail": ...}`` (FastAPI) or plain text."""
     try:
-        body = e.read().decode("utf-8", errors="replace")
-    except Exception:  # the body of an error response is a nicety
-        body = ""
-    try:
-        msg = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        msg = body.strip()
-    return (msg or str(e.reason or ""))[:300]
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    err: dict = {}
+    if isinstance(obj, dict):
+        e = obj.get("error")
+        if isinstance(e, dict):
+            err = e
+        elif isinstance(e, str):
+            err = {"message": e}
+        elif "message" in obj:
+            err = obj
+        elif "detail" in obj:
+            d = obj["detail"]
+            err = {"message": d if isinstance(d, str) else json.dumps(d)}
+    msg = err.get("message")
+    msg = msg if isinstance(msg, str) and msg.strip() else " ".join(body.split())
+    return (msg.strip() or "(empty body)")[:300], err
 
 
-def _reply_text(payload: str) -> str:
+def _reply_text(payload: str) -> tuple[str, str | None]:
+    """(text, finish_reason) of a chat-completions response."""
     try:
         obj = json.loads(payload)
-        content = obj["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        choice = obj["choices"][0]
+        content = choice["message"].get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise ValueError(f"not a chat-completions response: {payload[:200]!r}") from None
     if isinstance(content, list):  # content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return "" if content is None else str(content)
+    finish = choice.get("finish_reason")
+    return ("" if content is None else str(content)), (finish if isinstance(finish, str) else None)
 
 
 # --------------------------------------------------------------------------------------------- spec
@@ -505,7 +935,7 @@ def make_judge(spec: str, base_url: str | None = None, **kw) -> Judge:
     if kind == "hf":
         return HFJudge(arg, **kw)
     if kind == "openai":
-        return OpenAIJudge(arg, base_url or "https://api.openai.com/v1", **kw)
+        return OpenAIJudge(arg, base_url or DEFAULT_BASE_URL, **kw)
     raise ConfigError(f"unknown judge kind {kind!r} in {spec!r}; expected {JUDGE_SPECS}")
 
 

@@ -79,6 +79,33 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def hierarchical_bootstrap_ci(
+    scores_by_seed, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over seeds of the mean score within each seed,
+    resampling seeds, then prompts within each resampled seed (two-stage bootstrap).
+
+    ``scores_by_seed``: one sequence of per-prompt scores per training seed. Seeds are the
+    runs that can differ (a new seed retrains every model), prompts the noise within a run;
+    pooling all prompts as if one run produced them hides the seed variance and gives
+    intervals that are too narrow. With one seed this is the plain bootstrap over prompts.
+    """
+    groups = [np.asarray(g, dtype=np.float64) for g in scores_by_seed if len(g)]
+    if not groups:
+        return math.nan, math.nan
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    k = len(groups)
+    # within[s][b, j]: the mean of a fresh resample of seed s's prompts, for the j-th pick of replicate b
+    within = [g[rng.integers(0, g.size, size=(n_boot, k, g.size))].mean(axis=2) for g in groups]
+    picks = rng.integers(0, k, size=(n_boot, k))
+    means = np.stack(within)[picks, np.arange(n_boot)[:, None], np.arange(k)[None, :]].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def _get(row, key):
     return row[key] if isinstance(row, dict) else getattr(row, key)
 
@@ -154,8 +181,9 @@ def pairwise_winrate(
     prompts = [_get(r, "prompt") for r in rows_a]
     ra = [_get(r, "response") for r in rows_a]
     rb = [_get(r, "response") for r in rows_b]
-    first = judge_all(judge, list(zip(prompts, ra, rb, strict=True)))
-    second = judge_all(judge, list(zip(prompts, rb, ra, strict=True)))
+    # Both orders in one call: a judge that runs requests concurrently has all of them in flight.
+    both = judge_all(judge, list(zip(prompts, ra, rb, strict=True)) + list(zip(prompts, rb, ra, strict=True)))
+    first, second = both[: len(prompts)], both[len(prompts) :]
     counts = dict.fromkeys(OUTCOMES, 0)
     scores, followed, records = [], 0, []
     for i, (j1, j2) in enumerate(zip(first, second, strict=True)):
