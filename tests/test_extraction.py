@@ -299,3 +299,23 @@ def test_one_pass_extraction_on_an_absolute_position_model_equals_the_reference(
         assert fast.agree[b, :n].tolist() == agree and fast.predicted_ids[b, :n].tolist() == pred
         p = torch.tensor(logp).exp()
         assert torch.allclose(fast.rewards[b, :n], torch.where(torch.tensor(agree), p, -(1 - p)), atol=1e-5)
+
+
+@torch.no_grad()
+def test_rewrite_is_the_rms_greedy_output_one_row_at_a_time(seq2seq_rm_dir):
+    """The RM's rewrite, batched with left padding, equals a plain token-by-token greedy decode
+    of each unpadded source (test-only code), stopped at EOS."""
+    rm = load_reward_model(seq2seq_rm_dir)
+    prompts, responses = [p for p, _ in RESPONSES], [r for _, r in RESPONSES]
+    rewrites = rm.rewrite(prompts, responses, max_new_tokens=12)
+    eos = rm.tokenizer.eos_token_id
+    for prompt, response, got in zip(prompts, responses, rewrites, strict=True):
+        seq, out = list(rm.sources([prompt], [response])[0]), []
+        for _ in range(12):
+            nxt = int(rm.model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            out.append(nxt)
+            seq.append(nxt)
+        assert got == rm.tokenizer.decode(out, skip_special_tokens=True)
+    assert any(rewrites)

@@ -10,30 +10,61 @@ from seq2seq_rm.cli import main
 def test_miniature_experiment_writes_a_complete_report(tmp_path):
     out = tmp_path / "exp"
     code = main([
-        "demo", "--out", str(out), "--seed", "3",
-        "train_pairs=10", "ppo_prompts=8", "test_prompts=3", "ood_prompts=3",
-        "sft.epochs=1", "rm.epochs=1", "ppo.steps=1", "ppo.batch_size=4", "ppo.mini_batch_size=2",
+        "experiment", "--out", str(out), "--seeds", "2",
+        "train_pairs=10", "sft_rows=8", "ppo_prompts=8", "test_prompts=3", "ood_prompts=3",
+        "sft.epochs=1", "rm.epochs=1", "ppo.steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2",
         "ppo.sampling.max_new_tokens=8", "eval_max_new_tokens=8", "n_boot=200", "ablation=[{rematch: positive}]",
+        "bias_sweep=[{refusal_bias: 0.0, length_bias: 0.0}]", "sweep_seeds=[5]",
     ])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["arms"] == ["sft", "scalar", "seq2seq", "seq2seq[rematch=positive]"]
+    assert report["seeds"] == [0, 1] and report["commit"]
+    assert report["extraction"]["seq2seq[rematch=positive]"]["rematch"] == "positive"
+    assert report["extraction"]["seq2seq"]["rematch"] == "zero" and report["extraction"]["scalar"] is None
     for split in ("test", "ood"):
         wr = report["splits"][split]["win_rates"]
         assert set(wr) == {"seq2seq vs scalar", "seq2seq vs sft", "scalar vs sft", "seq2seq[rematch=positive] vs scalar"}
         for w in wr.values():
-            assert w["n"] + w["invalid"] == 9  # 3 prompts x 3 tasks
+            assert w["n"] + w["invalid"] == 2 * 9  # 2 seeds x 3 prompts x 3 tasks
+            assert set(w["by_seed"]) == {"0", "1"} and w["seeds"] == 2
+            assert sum(s["n"] for s in w["by_seed"].values()) == w["n"]
             assert w["ci_low"] <= w["win_rate"] <= w["ci_high"]
-            assert w["position_bias"] == 0.0  # the oracle judge has no position bias
+            assert all(s["position_bias"] == 0.0 for s in w["by_seed"].values())  # the oracle has none
         arms = report["splits"][split]["arms"]
         assert set(arms["seq2seq"]["quality"]) == {"safety", "summarize", "instruct"}
+        assert arms["seq2seq"]["n"] == 9 and set(arms["seq2seq"]["by_seed"]) == {"0", "1"}
         assert set(arms["sft"]["refusal"]) <= {"benign", "risky_benign", "hazardous"}
-    assert set(report["rm_eval"]["3"]) == {"scalar", "seq2seq"}
+    for seed in ("0", "1"):
+        for kind in ("scalar", "seq2seq"):
+            rm = report["rm_eval"][seed][kind]
+            assert rm["oracle"]["pairs"] == rm["annotator"]["pairs"] == 9 and rm["oracle"]["calibration"]
+    # one shared SFT policy: every seed's PPO started from it
+    policy = json.loads((out / "seed-1/ppo-seq2seq.run/config.json").read_text())["policy"]
+    assert policy == str(out / "shared" / "sft") and not (out / "seed-1" / "sft").exists()
+    # every PPO step's rollouts were scored by the oracle (the over-optimisation curves)
+    rows = [json.loads(x) for x in (out / "seed-0/ppo-scalar.run/metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(0 <= r["oracle_quality"] <= 1 for r in rows) and "words_safety" in rows[0]
+    sweep = report["sweep"]
+    assert len(sweep) == 1 and sweep[0]["annotator"]["refusal_bias"] == 0.0 and sweep[0]["seeds"] == [5]
+    assert sweep[0]["seq2seq vs scalar"]["n"] == 9 and set(sweep[0]["arms"]) == {"sft", "scalar", "seq2seq"}
+    assert report["samples"] and "rm_rewrite" in report["samples"][0]
     html = (out / "report.html").read_text()
-    for png in ("win_rates.png", "refusals.png", "lengths.png", "ppo_curves.png"):
+    for png in ("win_rates.png", "refusals.png", "lengths.png", "overoptimisation.png", "length_curves.png",
+                "rm_calibration.png", "bias_sweep.png"):
         assert (out / png).stat().st_size > 1000 and png in html
     assert "token_rewards.html" in html and (out / "token_rewards.html").is_file()
+    assert "seq2seq: constant, rematch=zero, normalize=none" in html  # arms named with their extraction options
+    md = (out / "report.md").read_text()
+    assert "| seq2seq vs scalar | all seeds |" in md and "|  | seed 1 |" in md
+    # the miniature's untrained policies write empty answers that all tie: flagged, not reported as findings
+    if report["splits"]["test"]["win_rates"]["seq2seq vs scalar"]["ties"] == 18:
+        assert any("seq2seq vs scalar (test): 18 of 18 pairs are ties" in w for w in report["warnings"])
+        assert "Warnings" in html and "Warnings" in md
+    if report["splits"]["test"]["arms"]["sft"]["empty"]:
+        assert any(w.startswith("sft (test):") and "empty responses" in w for w in report["warnings"])
+    assert json.loads((out / "experiment.json").read_text())["status"] == "done"
     # every arm answered every test prompt, and the responses file aligns with the prompts
-    prompts = [json.loads(x)["prompt"] for x in (out / "seed-3/data/test_prompts.jsonl").read_text().splitlines()]
-    rows = [json.loads(x) for x in (out / "seed-3/responses/seq2seq-test.jsonl").read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == prompts
+    prompts = [json.loads(x)["prompt"] for x in (out / "seed-0/data/test_prompts.jsonl").read_text().splitlines()]
+    responses = [json.loads(x) for x in (out / "seed-0/responses/seq2seq-test.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in responses] == prompts

@@ -31,18 +31,39 @@ DEFAULT_ABLATION = [
 
 
 def experiment_ppo_defaults() -> PPOConfig:
-    """PPO options for the tiny models trained from scratch (they need far more than 1e-5)."""
+    """PPO options for the tiny models trained from scratch (they need far more than 1e-5); a
+    response cut at the length limit is scored with its missing EOS and pays a penalty."""
     return PPOConfig(steps=40, batch_size=16, mini_batch_size=8, ppo_epochs=2, actor_lr=1e-4, critic_lr=1e-4,
-                     kl_coef=0.1, save_every=0, sample_every=10, n_samples=4,
+                     kl_coef=0.1, save_every=0, sample_every=10, n_samples=4, missing_eos_penalty=1.0,
                      sampling=SamplingConfig(max_new_tokens=48, temperature=1.0))
+
+
+@dataclass
+class AnnotatorOptions(Options):
+    """The simulated annotator's documented biases (tasks/annotator.py): the probability that it
+    prefers a bare refusal on a risky-looking prompt, or the longer summary, whatever the oracle
+    says; then every label flips with probability ``noise``."""
+
+    refusal_bias: float = opt(0.35, "on risky-looking prompts: prefer the bare refusal with this probability",
+                              ge=0, le=1)
+    length_bias: float = opt(0.35, "on summaries: prefer the longer one with this probability", ge=0, le=1)
+    noise: float = opt(0.10, "flip each label with this probability", ge=0, le=1)
 
 
 @dataclass
 class ExperimentConfig(Options):
     tasks: list = opt(list(TASK_NAMES), "bundled tasks to run: any of safety, summarize, instruct")
-    seeds: list = opt([0], "seeds; each seed reruns everything (data, models, PPO)")
-    size: Literal["tiny", "small"] = opt("tiny", "tiny-model size (ignored when base_model is set)")
+    seeds: list = opt([0], "seeds; each seed redraws the preference data and retrains both RMs and every PPO arm")
+    size: Literal["tiny", "small", "medium"] = opt("tiny", "model size built from scratch (ignored with base_model)")
     base_model: str = opt("", "start from this model instead of a tiny one: a folder, or a .gguf file (converted)")
+    sft_data: Literal["reference", "chosen"] = opt(
+        "reference", "SFT demonstrations: the tasks' reference responses on prompts of their own (unbiased) | "
+                     "the chosen side of the (biased) preference pairs")
+    sft_rows: int = opt(400, "reference demonstrations per task (sft_data=reference)", ge=1)
+    shared_sft: bool = opt(True, "build the base model and the SFT policy once (sft_seed) and start every seed's "
+                                 "RMs and PPO from it; false: every seed trains its own")
+    sft_seed: int = opt(0, "seed of the shared base model, tokenizer and SFT policy", ge=0)
+    annotator: AnnotatorOptions = opt(AnnotatorOptions(), "the simulated annotator of the preference pairs")
     train_pairs: int = opt(400, "training preference pairs per task", ge=1)
     ppo_prompts: int = opt(300, "training prompts per task for PPO", ge=1)
     test_prompts: int = opt(50, "held-out test prompts per task", ge=1)
@@ -53,6 +74,9 @@ class ExperimentConfig(Options):
                                                     "extraction are set by the experiment)")
     extraction: ExtractionConfig = opt(ExtractionConfig(), "token-reward options of the main seq2seq arm")
     ablation: list = opt([], "extra seq2seq arms: dicts of extraction overrides, e.g. [{magnitude: prob}]")
+    bias_sweep: list = opt([], "annotator settings to sweep (dicts of annotator options, e.g. [{refusal_bias: 0, "
+                               "length_bias: 0}]): each reruns the data, both RMs and the two main arms")
+    sweep_seeds: list = opt([0], "seeds of every bias-sweep point")
     eval_max_new_tokens: int = opt(64, "response length limit when generating for evaluation (greedy)", ge=1)
     n_boot: int = opt(2000, "bootstrap resamples for confidence intervals", ge=100)
 
@@ -73,10 +97,19 @@ class ExperimentConfig(Options):
         for name in PPO_SET_PER_ARM:
             if getattr(self.ppo, name) != getattr(default, name):
                 raise ConfigError(f"ppo.{name} is set by the experiment for each arm; leave it out of the config")
-        if self.ppo.steps < 1:
-            raise ConfigError("ppo.steps must be >= 1")
         for i, entry in enumerate(self.ablation):
             self.arm_extraction(entry, where=f"ablation[{i}]")
+        for i, entry in enumerate(self.bias_sweep):
+            self.sweep_annotator(entry, where=f"bias_sweep[{i}]")
+        if self.bias_sweep and not (self.sweep_seeds and all(isinstance(s, int) and s >= 0 for s in self.sweep_seeds)):
+            raise ConfigError(f"sweep_seeds must be a non-empty list of integers >= 0, got {self.sweep_seeds!r}")
+
+    def sweep_annotator(self, overrides: dict, where: str = "bias_sweep") -> AnnotatorOptions:
+        """The annotator of a bias-sweep point: ``annotator`` with ``overrides`` on top (checked)."""
+        if not isinstance(overrides, dict) or not overrides:
+            raise ConfigError(f"{where} must be a mapping of annotator options, e.g. {{refusal_bias: 0.7}}; "
+                              f"got {overrides!r}")
+        return from_dict(AnnotatorOptions, {**to_dict(self.annotator), **overrides}, prefix=f"{where}.")
 
     def arm_extraction(self, overrides: dict | None, where: str = "ablation") -> ExtractionConfig:
         """The full extraction options of an arm: ``extraction`` with ``overrides`` on top (checked)."""

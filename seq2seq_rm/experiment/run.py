@@ -1,18 +1,23 @@
 """The paper's experiment on the bundled offline tasks: ``seq2seq-rm demo`` and ``experiment``.
 
-For each seed, with everything else equal between the arms (same data, same SFT policy,
-same PPO options; the baseline is never weakened):
+With everything else equal between the arms (same data, same SFT policy, same PPO options;
+the baseline is never weakened):
 
-    tasks -> data (train pairs from the simulated annotator, SFT rows, prompts)
-          -> tiny tokenizer + model built from the corpus (or the given base model)
-          -> SFT on the chosen responses
+    shared (once, sft_seed; or per seed with shared_sft=false):
+          tokenizer + base model built from the task corpus (or the given base model)
+          -> SFT on the tasks' reference demonstrations (or the chosen side of the pairs)
+    per seed:
+          preference pairs from the simulated annotator (its biases are options)
           -> scalar RM (Bradley-Terry) and seq2seq RM (Correction + Identity), both from SFT
-          -> PPO with each RM  [+ ablation: the seq2seq RM under other extraction options]
+          -> PPO with each RM  [+ ablation: the seq2seq RM under other extraction options],
+             the oracle scoring every step's rollouts (over-optimisation curves)
           -> greedy responses on held-out test and out-of-distribution prompts
-then, over all seeds: oracle judgements (evaluate.py) and the report (report.py).
+    [bias sweep: the per-seed part again for each annotator setting, main arms only]
+then oracle judgements (evaluate.py) and the report (report.py).
 
-The output folder holds ``experiment.json`` (the config, the commit, the status), one
-``seed-N/`` folder per seed (every stage's output, each written atomically) and the report.
+The output folder holds ``experiment.json`` (the config, the commit, the status), ``shared/``,
+one ``seed-N/`` folder per seed, ``sweep/`` (if any) and the report. Every stage's output is
+written atomically.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from ..config import TrainOptions, to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..outputs import META_FILES, check_output_dir
-from .config import ExperimentConfig, arm_name
+from .config import AnnotatorOptions, ExperimentConfig, arm_name
 
 log = logging.getLogger(__name__)
+
+SPLITS = ("test", "ood")
 
 
 @dataclass
@@ -41,8 +48,20 @@ class SeedRun:
     prompts: dict = field(default_factory=dict)  # split -> list of prompt rows (with task/kind/meta)
     responses: dict = field(default_factory=dict)  # arm -> split -> list of {"prompt","response"}
     ppo_runs: dict = field(default_factory=dict)  # arm -> run dir
-    rm_eval: dict = field(default_factory=dict)  # kind -> pairwise accuracy on test pairs
+    rm_eval: dict = field(default_factory=dict)  # kind -> {"annotator": ..., "oracle": ...} pairwise accuracy
+    extraction: dict = field(default_factory=dict)  # arm -> the full extraction options it ran with
     seconds: dict = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self, into: dict, what: str):
+        self.into, self.what, self.t = into, what, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.into[name] = round(now - self.t, 1)
+        self.t = now
+        log.info("%s: %s done in %.0f s", self.what, name, self.into[name])
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -50,27 +69,49 @@ def _write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def prepare_data(cfg: ExperimentConfig, seed: int, d: Path) -> dict:
-    """Write the seed's data files; returns their paths, the prompt rows per split and the corpus."""
+def _annotator(opts: AnnotatorOptions):
+    from ..tasks import Annotator
+
+    return Annotator(refusal_bias=opts.refusal_bias, length_bias=opts.length_bias, noise=opts.noise)
+
+
+def _oracle_order(row: dict) -> dict:
+    """A preference row with chosen = the response the ORACLE prefers."""
+    keep = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+    if not row["meta"]["agrees_with_oracle"]:
+        keep["chosen"], keep["rejected"] = row["rejected"], row["chosen"]
+    return keep
+
+
+def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: AnnotatorOptions) -> dict:
+    """Write one seed's data files; returns their paths, the prompt rows per split and the corpus.
+
+    Test pairs are written twice: as the annotator labelled them (``test_pairs``) and ordered by
+    the oracle (``test_pairs_oracle``), so an RM's accuracy can be measured against both.
+    """
     from ..tasks import get_task
 
-    pairs, sft, ppo_prompts, test_pairs = [], [], [], []
-    prompts = {"test": [], "ood": []}
+    ann = _annotator(annotator)
+    pairs, chosen_sft, ppo_prompts, test_pairs, test_oracle = [], [], [], [], []
+    prompts = {s: [] for s in SPLITS}
     for name in cfg.tasks:
         task = get_task(name)
-        train = task.preferences("train", cfg.train_pairs, seed)
+        train = task.preferences("train", cfg.train_pairs, seed, ann)
         pairs += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
-        sft += [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]  # SFT on the chosen side
-        ppo_prompts += [{"prompt": r["prompt"]} for r in task.prompt_rows("train", cfg.ppo_prompts, seed + 7)]
-        test_pairs += [{k: r[k] for k in ("prompt", "chosen", "rejected")}
-                       for r in task.preferences("test", cfg.test_prompts, seed)]
+        chosen_sft += [{"prompt": r["prompt"], "response": r["chosen"]} for r in train]
+        ppo_prompts += [{"prompt": r["prompt"], "task": r["task"], "kind": r["kind"]}
+                        for r in task.prompt_rows("train", cfg.ppo_prompts, seed + 7)]
+        held_out = task.preferences("test", cfg.test_prompts, seed, ann)
+        test_pairs += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in held_out]
+        test_oracle += [_oracle_order(r) for r in held_out]
         for split, n in (("test", cfg.test_prompts), ("ood", cfg.ood_prompts)):
             prompts[split] += task.prompt_rows(split, n, seed)
     files = {
         "pairs": _write_jsonl(d / "data/train_pairs.jsonl", pairs),
-        "sft": _write_jsonl(d / "data/sft.jsonl", sft),
+        "chosen_sft": _write_jsonl(d / "data/chosen_sft.jsonl", chosen_sft),
         "ppo_prompts": _write_jsonl(d / "data/ppo_prompts.jsonl", ppo_prompts),
         "test_pairs": _write_jsonl(d / "data/test_pairs.jsonl", test_pairs),
+        "test_pairs_oracle": _write_jsonl(d / "data/test_pairs_oracle.jsonl", test_oracle),
     }
     for split, rows in prompts.items():
         files[f"{split}_prompts"] = _write_jsonl(d / f"data/{split}_prompts.jsonl", rows)
@@ -79,75 +120,117 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path) -> dict:
     return {"files": files, "prompts": prompts, "corpus": corpus}
 
 
-def arms(cfg: ExperimentConfig) -> list[tuple[str, str, dict | None]]:
-    """``(name, RM kind, extraction overrides)`` of every PPO arm."""
-    return [("scalar", "scalar", None), ("seq2seq", "seq2seq", None)] + [
-        (arm_name(o), "seq2seq", o) for o in cfg.ablation]
-
-
-def run_seed(cfg: ExperimentConfig, seed: int, out: Path) -> SeedRun:
-    from ..config import RMTrainConfig
-    from ..data.loading import load_preferences
+def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str], chosen_sft: str | None) -> str:
+    """Base model (built from the corpus, or ``base_model``) and the SFT policy in ``d``; returns the policy."""
     from ..models.tiny import build_tiny_model
-    from ..rewards import load_reward_model
-    from ..rewards.evaluate import evaluate_pairs
-    from ..rewards.train import train_reward_model
-    from ..rl.ppo import PPOTrainer
-    from ..rl.rollout import SamplingConfig, generate_to_file
     from ..sft import SFTRunConfig, train_sft
+    from ..tasks import get_task
 
-    d = out / f"seed-{seed}"
-    run = SeedRun(seed=seed, dir=d)
-    clock = time.perf_counter()
-
-    def lap(name):
-        nonlocal clock
-        now = time.perf_counter()
-        run.seconds[name] = round(now - clock, 1)
-        clock = now
-        log.info("seed %d: %s done in %.0f s", seed, name, run.seconds[name])
-
-    data = prepare_data(cfg, seed, d)
-    files, run.prompts = data["files"], data["prompts"]
+    clock = _Clock({}, f"sft (seed {seed})")
+    demos = []
+    for name in cfg.tasks:  # reference demonstrations, on prompts drawn apart from the preference pairs'
+        demos += get_task(name).sft_rows("train", cfg.sft_rows, 1000 + seed)
+    ref_file = _write_jsonl(d / "data/reference_sft.jsonl", demos)
     if not cfg.base_model:
-        base = build_tiny_model(data["corpus"], str(d / "base"), size=cfg.size, seed=seed)
+        corpus = [t for r in demos for t in (r["prompt"], r["response"])] + extra_corpus
+        base = build_tiny_model(corpus, str(d / "base"), size=cfg.size, seed=seed)
     elif cfg.base_model.endswith(".gguf"):
         from ..models.loading import gguf_to_folder
 
         base = str(gguf_to_folder(cfg.base_model, d / "base"))  # a trainable safetensors folder
     else:
         base = cfg.base_model
-    lap("data+model")
+    data = ref_file if cfg.sft_data == "reference" or chosen_sft is None else chosen_sft
+    sft_dir = str(train_sft(SFTRunConfig(model=base, data=data, out=str(d / "sft"), train=_with_seed(cfg.sft, seed))))
+    clock.lap("base+sft")
+    return sft_dir
 
-    sft_dir = str(train_sft(SFTRunConfig(model=base, data=files["sft"], out=str(d / "sft"),
-                                         train=_with_seed(cfg.sft, seed))))
-    lap("sft")
+
+def arms(cfg: ExperimentConfig, with_ablation: bool = True) -> list[tuple[str, str, dict | None]]:
+    """``(name, RM kind, extraction overrides)`` of every PPO arm."""
+    out = [("scalar", "scalar", None), ("seq2seq", "seq2seq", None)]
+    return out + ([(arm_name(o), "seq2seq", o) for o in cfg.ablation] if with_ablation else [])
+
+
+def rollout_metrics_fn(rows: list[dict]):
+    """Per-step oracle metrics of PPO rollouts: mean oracle quality, and per task the mean words
+    against the oracle's ideal, and the refusal rate on each safety prompt kind."""
+    from ..eval.safety import is_refusal
+    from ..tasks import get_task
+
+    info = {r["prompt"]: r for r in rows}
+    tasks = {name: get_task(name) for name in {r["task"] for r in rows}}
+
+    def metrics(prompts, texts) -> dict:
+        by: dict[str, list] = {}
+        quality = []
+        for p, text in zip(prompts, texts, strict=True):
+            row = info[p]
+            task = tasks[row["task"]]
+            quality.append(task.score(p, text))
+            by.setdefault(f"words_{row['task']}", []).append(len(text.split()))
+            ideal = task.ideal_length(p)
+            if ideal is not None:
+                by.setdefault(f"ideal_words_{row['task']}", []).append(ideal)
+            if row["task"] == "safety":
+                refused = task.labels(p, text).get("refusal", is_refusal(text))
+                by.setdefault(f"refusal_{row['kind']}", []).append(float(refused))
+        out = {"oracle_quality": sum(quality) / len(quality)}
+        out.update({k: sum(v) / len(v) for k, v in by.items()})
+        return out
+
+    return metrics
+
+
+def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, annotator: AnnotatorOptions,
+             with_ablation: bool = True) -> SeedRun:
+    from ..config import RMTrainConfig
+    from ..data.loading import load_preferences
+    from ..rewards import load_reward_model
+    from ..rewards.evaluate import evaluate_pairs
+    from ..rewards.train import train_reward_model
+    from ..rl.ppo import PPOTrainer
+    from ..rl.rollout import SamplingConfig, generate_to_file
+
+    run = SeedRun(seed=seed, dir=d)
+    clock = _Clock(run.seconds, f"seed {seed}")
+    data = prepare_data(cfg, seed, d, annotator)
+    files, run.prompts = data["files"], data["prompts"]
+    if sft_dir is None:
+        sft_dir = build_sft(cfg, d, seed, data["corpus"], files["chosen_sft"])
+    clock.lap("data+sft")
+
     rm_dirs = {}
-    test_pairs, _ = load_preferences(files["test_pairs"])
+    test_sets = {"annotator": load_preferences(files["test_pairs"])[0],
+                 "oracle": load_preferences(files["test_pairs_oracle"])[0]}
     for kind in ("scalar", "seq2seq"):
         rm_dirs[kind] = str(train_reward_model(RMTrainConfig(
             kind=kind, model=sft_dir, data=files["pairs"], out=str(d / f"rm-{kind}"),
             train=_with_seed(cfg.rm, seed), extraction=cfg.extraction)))
-        run.rm_eval[kind] = evaluate_pairs(load_reward_model(rm_dirs[kind]), test_pairs)
-        lap(f"rm-{kind}")
+        rm = load_reward_model(rm_dirs[kind])
+        run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs) for labels, recs in test_sets.items()}
+        clock.lap(f"rm-{kind}")
 
-    for arm, kind, overrides in arms(cfg):
+    ppo_rows = [json.loads(x) for x in Path(files["ppo_prompts"]).read_text(encoding="utf-8").splitlines() if x]
+    for arm, kind, overrides in arms(cfg, with_ablation):
         out_dir = d / f"ppo-{_slug(arm)}"
+        extraction = cfg.arm_extraction(overrides) if kind == "seq2seq" else None
         pcfg = replace(cfg.ppo, policy=sft_dir, rm=rm_dirs[kind], prompts=files["ppo_prompts"], out=str(out_dir),
-                       seed=seed, extraction=cfg.arm_extraction(overrides) if kind == "seq2seq" else None)
-        PPOTrainer(pcfg).train()
+                       seed=seed, extraction=extraction)
+        PPOTrainer(pcfg, rollout_metrics=rollout_metrics_fn(ppo_rows)).train()
         run.ppo_runs[arm] = str(out_dir) + ".run"
-        lap(f"ppo-{arm}")
+        run.extraction[arm] = to_dict(extraction) if extraction is not None else None
+        clock.lap(f"ppo-{arm}")
 
-    policies = {"sft": sft_dir, **{arm: str(d / f"ppo-{_slug(arm)}") for arm, _, _ in arms(cfg)}}
+    policies = {"sft": sft_dir, **{arm: str(d / f"ppo-{_slug(arm)}") for arm, _, _ in arms(cfg, with_ablation)}}
     greedy = SamplingConfig(max_new_tokens=cfg.eval_max_new_tokens, do_sample=False)
     for arm, folder in policies.items():
         run.responses[arm] = {}
-        for split in ("test", "ood"):
+        for split in SPLITS:
             path = d / "responses" / f"{_slug(arm)}-{split}.jsonl"
             generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32)
             run.responses[arm][split] = [json.loads(x) for x in path.read_text().splitlines() if x]
-    lap("generate")
+    clock.lap("generate")
     return run
 
 
@@ -174,14 +257,15 @@ def _commit() -> str | None:
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = False) -> Path:
-    """Run every seed, judge, and write the report into ``out``; returns report.html.
+    """Run the shared stage, every seed and the bias sweep, judge, and write the report into
+    ``out``; returns report.html.
 
     ``out`` must be new or empty, or an earlier experiment with ``overwrite`` (which deletes it
     when this one starts). ``experiment.json`` records the config, the commit and the status:
     a killed or failed run says where it stopped, and the stages it finished stay on disk.
     """
     from ..tasks import get_task
-    from .evaluate import evaluate_runs
+    from .evaluate import evaluate_runs, evaluate_sweep
     from .report import markdown_summary, write_report
 
     out = Path(out)
@@ -198,21 +282,43 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = Fal
     marker = out / META_FILES["experiment"]
     atomic_write_json(marker, meta)
     t0 = time.perf_counter()
+    shared_seconds: dict = {}
     try:
-        runs = [run_seed(cfg, seed, out) for seed in cfg.seeds]
+        sft_dir = None
+        if cfg.shared_sft:
+            clock = _Clock(shared_seconds, "shared")
+            first = prepare_data(cfg, cfg.seeds[0], out / "shared", cfg.annotator)  # a corpus for the tokenizer
+            sft_dir = build_sft(cfg, out / "shared", cfg.sft_seed, first["corpus"], first["files"]["chosen_sft"])
+            clock.lap("base+sft")
+        runs = [run_seed(cfg, seed, out / f"seed-{seed}", sft_dir, cfg.annotator) for seed in cfg.seeds]
         results = evaluate_runs(cfg, runs)
+        sweep = []
+        main_runs = {r.seed: r for r in runs}
+        for i, overrides in enumerate(cfg.bias_sweep):
+            ann = cfg.sweep_annotator(overrides, where=f"bias_sweep[{i}]")
+            point = []
+            for s in cfg.sweep_seeds:
+                if ann == cfg.annotator and s in main_runs:  # the main experiment already ran this point
+                    point.append(main_runs[s])
+                else:
+                    point.append(run_seed(cfg, s, out / "sweep" / f"point-{i}" / f"seed-{s}", sft_dir, ann,
+                                          with_ablation=False))
+            sweep.append((ann, point))
+        if sweep:
+            results["sweep"] = evaluate_sweep(cfg, sweep)
     except BaseException as e:
         atomic_write_json(marker, {**meta, "status": "failed", "error": f"{type(e).__name__}: {e}"})
         log.error("the experiment stopped (%s); the stages it finished are in %s", type(e).__name__, out)
         raise
     results["rm_eval"] = {r.seed: r.rm_eval for r in runs}
-    results["seconds"] = {r.seed: r.seconds for r in runs}
+    results["extraction"] = runs[0].extraction
+    results["seconds"] = {"shared": shared_seconds, **{r.seed: r.seconds for r in runs}}
     results["config"] = to_dict(cfg)
     results["commit"] = meta["commit"]
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
+    html = write_report(results, runs, out)  # adds its warnings and the sample table to results
     atomic_write_json(out / "report.json", results)
     atomic_write_text(out / "report.md", markdown_summary(results))
-    html = write_report(results, runs, out)
     atomic_write_json(marker, {**meta, "status": "done", "seconds": results["total_seconds"]})
     log.info("report: %s (%.0f s)", html, results["total_seconds"])
     return html

@@ -48,6 +48,14 @@ SIZES: dict[str, dict] = {
         "intermediate_size": 256,
         "vocab_size": 2048,
     },
+    "medium": {
+        "hidden_size": 192,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 2048,
+    },
     "small": {
         "hidden_size": 256,
         "num_hidden_layers": 4,

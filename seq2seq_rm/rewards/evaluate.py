@@ -42,6 +42,7 @@ def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16) ->
         }
 
     headline = rm.extraction.sequence_score if rm.kind == "seq2seq" else "sum"
+    c, r = torch.cat(sc[headline]), torch.cat(sr[headline])
     out = {
         "kind": rm.kind,
         "pairs": len(records),
@@ -50,8 +51,26 @@ def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16) ->
         "mean_tokens_chosen": torch.cat(len_c).mean().item(),
         "mean_tokens_rejected": torch.cat(len_r).mean().item(),
     }
+    out["calibration"] = calibration(c, r)
     if rm.kind == "seq2seq":
         out["by_sequence_score"] = {n: acc(n) for n in names}
         out["agree_fraction_chosen"] = torch.cat(sc["agree_fraction"]).mean().item()
         out["agree_fraction_rejected"] = torch.cat(sr["agree_fraction"]).mean().item()
+    return out
+
+
+def calibration(chosen: torch.Tensor, rejected: torch.Tensor, bins: int = 4) -> list[dict]:
+    """Pairwise accuracy by score margin: pairs sorted by ``|score(chosen) - score(rejected)|``
+    and cut into ``bins`` groups of (nearly) equal size. A calibrated RM is more often right
+    when its margin is larger. Each bin: ``margin_low``, ``margin_high``, ``n``, ``accuracy``
+    (ties count half)."""
+    margin = (chosen - rejected).abs()
+    order = torch.argsort(margin, stable=True)
+    out = []
+    for idx in torch.tensor_split(order, min(bins, max(len(order), 1))):
+        if len(idx) == 0:
+            continue
+        c, r = chosen[idx], rejected[idx]
+        out.append({"margin_low": float(margin[idx].min()), "margin_high": float(margin[idx].max()), "n": len(idx),
+                    "accuracy": float((c > r).float().mean() + 0.5 * (c == r).float().mean())})
     return out

@@ -160,6 +160,24 @@ class Seq2SeqRewardModel(RewardModelBase):
             for p, r in zip(prompts, responses_text, strict=True)
         ]
 
+    @torch.no_grad()
+    def rewrite(self, prompts: list[Prompt], responses: list[str], max_new_tokens: int = 64) -> list[str]:
+        """The RM's own version of each response: its greedy continuation of ``S(x, y)``, the
+        "language feedback" its token rewards compare against (decoded, special tokens dropped)."""
+        sources = []
+        for src in self.sources(prompts, responses):
+            src, _, _ = fit_to_length(src, [0] * max_new_tokens, self.max_length, "truncate")
+            sources.append(src)
+        ids, mask = left_pad(sources, self.pad_id)
+        eos = self.tokenizer.eos_token_id
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.long().to(self.device),
+                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                  pad_token_id=self.pad_id, bos_token_id=None)
+        texts = []
+        for row in out[:, ids.shape[1]:].tolist():
+            texts.append(self.tokenizer.decode(row[: row.index(eos)] if eos in row else row, skip_special_tokens=True))
+        return texts
+
     @torch.inference_mode()
     def token_rewards(self, prompts: list[Prompt], response_ids: torch.Tensor, response_mask: torch.Tensor) -> TokenRewards:
         """Rewards (B, T) for ``response_ids`` (B, T) given ``prompts`` — one forward pass.

@@ -192,12 +192,16 @@ def _check_finite(name: str, x: torch.Tensor, step: int, ckpt: Path | None) -> N
 class PPOTrainer:
     """Actor, critic, frozen reference and reward model, and the loop that trains them."""
 
-    def __init__(self, cfg: PPOConfig, accelerator=None, reward_model=None):
+    def __init__(self, cfg: PPOConfig, accelerator=None, reward_model=None, rollout_metrics=None):
         """``reward_model``: any object with the ``RewardModel`` interface, used instead of loading
-        ``cfg.rm`` (custom rewards, tests). It must score the policy's token ids."""
+        ``cfg.rm`` (custom rewards, tests). It must score the policy's token ids.
+        ``rollout_metrics``: ``f(prompts, responses) -> {name: float}``, extra metrics of every
+        step's rollouts logged with the others (averaged over processes), e.g. a gold oracle's
+        score, which is how the experiment draws over-optimisation curves."""
         from accelerate import Accelerator
 
         self.cfg = cfg
+        self.rollout_metrics = rollout_metrics
         self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         if self.acc.distributed_type.name == "DEEPSPEED":
             raise ConfigError("ppo does not support DeepSpeed yet (accelerate prepares one DeepSpeed engine per "
@@ -541,6 +545,8 @@ class PPOTrainer:
             "value_mean": L.masked_mean(b.values, b.response_mask),
             "advantage_abs": L.masked_mean(b.advantages.abs(), b.response_mask),
         }
+        if self.rollout_metrics is not None:
+            local.update({k: torch.tensor(float(v)) for k, v in self.rollout_metrics(b.prompts, b.texts).items()})
         stacked = torch.stack([v.float().to(self.device) for v in local.values()])
         stacked = self.acc.reduce(stacked, reduction="mean")
         m = {k: float(v) for k, v in zip(local, stacked.tolist(), strict=True)}
