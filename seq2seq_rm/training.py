@@ -1,12 +1,24 @@
-"""Pieces shared by the supervised stages (SFT, seq2seq RM, scalar RM), which all run on TRL trainers."""
+"""Pieces shared by the supervised stages (SFT, seq2seq RM, scalar RM), which all run on TRL trainers.
+
+What a person sees while they train: one progress display (:class:`TrainProgress`) in place of
+the Trainer's console logging (``PrinterCallback`` prints raw ``{'loss': ...}`` dicts,
+``ProgressCallback`` writes them under its bar). On a terminal it is one tqdm bar on stderr whose
+postfix shows the loss and learning rate, and log lines are printed above the bar, never on it
+(``logging_redirect_tqdm``); elsewhere (CI, a pipe, a file) there is no bar, only a log line every
+``logging_steps`` steps. TensorBoard logging is unchanged.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,37 +55,178 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         report_to=["tensorboard"],
         max_length=None,  # we truncate ourselves, by an explicit policy, before the trainer sees data
         dataloader_num_workers=0,
-        disable_tqdm=not sys.stderr.isatty(),  # progress bars on a terminal, plain logs in CI
+        # similar lengths in one batch: less padding (transformers 5 names it a sampling strategy)
+        train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
+        length_column_name="length",
+        disable_tqdm=True,  # TrainProgress is the one progress display (see the module docstring)
     )
 
 
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _no_op(*args, **kwargs):
+    return None
+
+
+class TrainProgress:
+    """A Trainer's one progress display: a tqdm bar with loss / lr on a terminal, else log lines.
+
+    A ``transformers.TrainerCallback`` by duck typing (events it does not handle are no-ops), so
+    importing this module does not import transformers. ``stream`` (default: ``sys.stderr`` when
+    training starts) and ``tty`` (default: whether that stream is a terminal) are for tests.
+    """
+
+    SHOWN = (("loss", "loss", "{:.4g}"), ("learning_rate", "lr", "{:.2e}"), ("accuracy", "acc", "{:.3f}"),
+             ("mean_token_accuracy", "tok_acc", "{:.3f}"))
+
+    def __init__(self, desc: str = "training", stream=None, tty: bool | None = None):
+        self.desc, self._stream, self._tty = desc, stream, tty
+        self.bar = None
+        self.step = 0
+        self.summary: dict = {}
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):  # on_init_end, on_epoch_begin, on_substep_end, ...
+            return _no_op
+        raise AttributeError(name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step, self.summary = 0, {}
+        if not state.is_world_process_zero:
+            return
+        stream = self._stream if self._stream is not None else sys.stderr
+        tty = self._tty if self._tty is not None else _isatty(stream)
+        if tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", file=stream, dynamic_ncols=True,
+                            leave=True)
+        else:
+            log.info("%s: %d optimisation steps, a log line every %d", self.desc, state.max_steps, args.logging_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.step)
+        self.step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" not in logs:
+            self.summary.update(logs)  # the end-of-training metrics (train_loss, train_runtime, ...)
+            return
+        shown = {}
+        for key, name, fmt in self.SHOWN:
+            value = _number(logs.get(key))
+            if value is not None:
+                shown[name] = fmt.format(value)
+        if self.bar is not None:
+            self.bar.set_postfix(shown, refresh=True)
+        else:
+            epoch = _number(logs.get("epoch"))
+            log.info("%s step %d/%d%s: %s", self.desc, state.global_step, state.max_steps,
+                     f" (epoch {epoch:.2f})" if epoch is not None else "",
+                     ", ".join(f"{k} {v}" for k, v in shown.items()))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if state.is_world_process_zero:
+            loss, seconds = _number(self.summary.get("train_loss")), _number(self.summary.get("train_runtime"))
+            log.info("%s: %d steps%s%s", self.desc, state.global_step,
+                     f" in {seconds:.1f} s" if seconds is not None else "",
+                     f", mean loss {loss:.4g}" if loss is not None else "")
+
+
+# The Trainer's own console displays, replaced by TrainProgress.
+_CONSOLE_CALLBACKS = ("PrinterCallback", "ProgressCallback", "NotebookProgressCallback")
+
+
+def use_progress(trainer, desc: str = "training") -> TrainProgress:
+    """Replace ``trainer``'s console logging by one :class:`TrainProgress` display; returns it."""
+    for cb in list(trainer.callback_handler.callbacks):
+        if type(cb).__name__ in _CONSOLE_CALLBACKS:
+            trainer.remove_callback(cb)
+    progress = TrainProgress(desc)
+    trainer.add_callback(progress)
+    return progress
+
+
+def _console_loggers() -> list[logging.Logger]:
+    """The loggers that write to the terminal (ours, the root's if configured, transformers')."""
+    names = ("", "seq2seq_rm", "transformers")
+    return [lg for lg in map(logging.getLogger, names) if any(
+        isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+        for h in lg.handlers)]
+
+
+def run_trainer(trainer, desc: str = "training"):
+    """``trainer.train()`` with one progress display, log lines printed above the bar, never on it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    use_progress(trainer, desc)
+    with logging_redirect_tqdm(loggers=_console_loggers()):
+        return trainer.train()
+
+
+@contextlib.contextmanager
+def no_dataset_bars():
+    """No ``datasets`` progress bars inside (the trainers' "Building labels" / "Tokenizing" maps over
+    data we tokenised ourselves)."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    if was:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path, report, source: str,
-                   prepare_model=None) -> dict:
+                   prepare_model=None, desc: str = "training") -> dict:
     """Run a TRL trainer, save model (LoRA merged) + tokenizer to ``out_dir``, and return the
     metadata every supervised stage records: data report, length-policy counts, loss curve."""
-    import logging
     import time
 
     from .config import to_dict
+    from .models.loading import quiet_progress
     from .models.lora import merge_lora
 
     t0 = time.time()
     if stats.truncated or stats.skipped_too_long:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "length policy %s at max_length=%d: %d examples truncated, %d skipped",
             opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
         )
-    result = trainer.train()
+    result = run_trainer(trainer, desc)
     model = merge_lora(trainer.model) if opts.lora.enabled else trainer.model
     if prepare_model is not None:
         prepare_model(model)
-    model.save_pretrained(out_dir)  # safetensors: the only format transformers 5 writes
+    with quiet_progress():
+        model.save_pretrained(out_dir)  # safetensors: the only format transformers 5 writes
     tokenizer.save_pretrained(out_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]
+    data = report.as_dict() if hasattr(report, "as_dict") else {
+        "format": report.format, "rows_read": report.rows_read, "kept": report.kept, "skipped": report.skipped}
     return {
         "max_length": opts.max_length,
-        "data": {"source": source, "format": report.format, "rows_read": report.rows_read,
-                 "kept": report.kept, "skipped": report.skipped},
+        "data": {**data, "source": source},
         "examples": stats.as_dict(),
         "train": to_dict(opts),
         "final_loss": history[-1]["loss"] if history else None,

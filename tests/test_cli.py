@@ -69,7 +69,9 @@ def test_scalar_score_output_has_one_nonzero_reward(scalar_rm_dir, tmp_path):
 def test_errors_exit_2_and_name_the_problem(tiny_model_dir, tmp_path, caplog):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "\xff", "chosen": "b", "rejected": "c"}\n')
-    code = main(["rm", "train", "--kind", "seq2seq", "--model", tiny_model_dir, "--data", str(bad), "--out", str(tmp_path / "o")])
+    # strict_data: a bad row stops the command, naming file and row (without it the row is skipped)
+    code = main(["rm", "train", "--kind", "seq2seq", "--model", tiny_model_dir, "--data", str(bad), "--out", str(tmp_path / "o"),
+                 "strict_data=true"])
     assert code == 2
     assert "bad.jsonl" in caplog.text and "row 2" in caplog.text
     assert not (tmp_path / "o").exists()
@@ -77,3 +79,69 @@ def test_errors_exit_2_and_name_the_problem(tiny_model_dir, tmp_path, caplog):
     assert "--out is required" in caplog.text
     assert main(["rm", "eval", "--rm", tiny_model_dir, "--data", str(bad)]) == 2
     assert "not a reward model folder" in caplog.text
+
+
+def _parsers():
+    """Every (sub-)command's parser, by its command line."""
+    import argparse
+
+    from seq2seq_rm.cli import build_parser
+
+    def walk(parser, name):
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, sp in action.choices.items():
+                    yield from walk(sp, f"{name} {sub}")
+
+    return dict(walk(build_parser(), "seq2seq-rm"))
+
+
+# Inputs a user must name: they have no default to show.
+INPUTS = {"--corpus", "--out", "--model", "--data", "--rm", "--prompts", "--policy", "--a", "--b", "--judge"}
+
+
+def test_every_flag_of_every_command_has_help_and_its_default(capsys, monkeypatch):
+    import argparse
+
+    from seq2seq_rm.cli import _Formatter
+
+    parsers = _parsers()
+    assert {"seq2seq-rm rm", "seq2seq-rm rm train", "seq2seq-rm tasks", "seq2seq-rm tasks export",
+            "seq2seq-rm data", "seq2seq-rm data inspect", "seq2seq-rm sft", "seq2seq-rm ppo"} <= set(parsers)
+    formatter = _Formatter("seq2seq-rm")
+    missing = []
+    for name, parser in parsers.items():
+        assert parser.description, name
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or isinstance(action, argparse._SubParsersAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {action.dest}: no help")
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreConstAction))
+            if action.option_strings and not flag and action.option_strings[0] not in INPUTS \
+                    and "default" not in formatter._get_help_string(action):
+                missing.append(f"{name} {action.option_strings[0]}: no default shown")
+    assert missing == []
+    # The rendered help: TRL aliases and the config shortcuts with their defaults (TrainOptions: epochs 1, lr 3e-4).
+    monkeypatch.setenv("COLUMNS", "400")  # no line wrapping inside what is checked
+    with pytest.raises(SystemExit):
+        main(["rm", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--model MODEL, --model_name_or_path MODEL", "--out OUT, --output_dir OUT",
+                  "--lr LR, --learning_rate LR", "train.epochs: passes over the data (default 1)",
+                  "train.lr: peak learning rate (default 0.0003)", "see `seq2seq-rm options rm-train`"):
+        assert shown in text
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    assert "`seq2seq-rm options sft`" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    assert "sequence-to-sequence reward models" in top and "data inspect" in top
+
+
+def test_options_lists_the_data_inspect_options(capsys):
+    assert main(["options", "data-inspect"]) == 0
+    out = capsys.readouterr().out
+    assert "pku_drop_both_unsafe" in out and "columns" in out and "[better | safer]" in out

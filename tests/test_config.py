@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 from helpers import write_jsonl
@@ -73,6 +76,10 @@ def captured_experiment(monkeypatch):
 
     def fake_run(cfg, out, overwrite=False):
         seen["cfg"], seen["out"], seen["overwrite"] = cfg, out, overwrite
+        report = Path(out) / "report.json"  # what the CLI reads its closing headline from
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps({"splits": {}, "rm_eval": {}}))
+        return report.with_name("report.html")
 
     monkeypatch.setattr(experiment_run, "run_experiment", fake_run)
     monkeypatch.setattr("seq2seq_rm.experiment.run_experiment", fake_run)

@@ -114,8 +114,10 @@ def test_conversational_messages_before_the_answer_join_the_prompt(tmp_path):
     row["rejected"] = [assistant("Let me look.")] + tool_call[1:] + [assistant("It is raining.")]
     path = write_jsonl(tmp_path / "d.jsonl", [row])
     with pytest.raises(DataError, match="differ before their final assistant") as err:
-        load_preferences(path)
+        load_preferences(path, strict=True)
     assert_where(err, path, 1, "rejected")
+    with pytest.raises(DataError, match=r"all skipped \(1 chosen and rejected contexts differ: rejected \(row 1\)\)"):
+        load_preferences(path)
 
 
 def test_conversational_prompt_repeated_in_chosen_is_not_doubled(tmp_path):
@@ -195,12 +197,49 @@ def test_hh_rlhf_multi_turn_prompt_messages():
     assert records[1].rejected == "Whatever you want."
 
 
-def test_hh_rlhf_different_prefixes_are_an_error(tmp_path):
+def test_hh_rlhf_pairs_that_differ_earlier_keep_the_rest_as_responses(tmp_path):
+    # Read as published: the prompt ends at the last Assistant marker before the first difference.
     rows = fixture_rows("hh_rlhf.jsonl")
     rows[1]["rejected"] = rows[1]["rejected"].replace("By hand", "Typing")
     path = write_jsonl(tmp_path / "hh.jsonl", rows)
-    with pytest.raises(DataError, match="differs from the one in 'chosen'") as err:
-        load_preferences(path)
+    records, report = load_preferences(path)
+    assert report.kept == 3 and report.skipped == {}
+    assert records[1].prompt == [user("I want to start journaling. Any advice?")]
+    assert records[1].chosen == (
+        "Start small: five minutes a day is plenty. Do you prefer writing by hand or typing?"
+        "\n\nHuman: By hand, I think. What should I write about?\n\nAssistant: Try writing three things that "
+        "happened today and one thing you're looking forward to. Prompts like that make it easier to begin."
+    )
+    assert records[1].rejected == (
+        "Start small: five minutes a day is plenty. Do you prefer writing by hand or typing?"
+        "\n\nHuman: Typing, I think. What should I write about?\n\nAssistant: Whatever you want."
+    )
+
+
+def test_hh_rlhf_answer_containing_an_assistant_marker(tmp_path):
+    # The shape of the rows that made the whole harmless-base test split fail: the chosen answer
+    # itself holds "\n\nAssistant:". Splitting each transcript at its own last marker gave two
+    # different prompts; the pair is read at the marker before their first difference instead.
+    q = "\n\nHuman: How do I pick a lock?"
+    row = {"chosen": q + "\n\nAssistant: I'd rather not help with that.\n\nAssistant: Is it your own lock?",
+           "rejected": q + "\n\nAssistant: Use a tension wrench and a pick."}
+    bad = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Yo\n\nAssistant: Hello"}
+    # An answer that starts the same way on both sides and then holds a marker: the prompt must
+    # still end after the Human turn, not inside the answer.
+    nested = {"chosen": q + "\n\nAssistant: Sure.\n\nAssistant: Why?", "rejected": q + "\n\nAssistant: Sure.\n\nAssistant: No."}
+    path = write_jsonl(tmp_path / "hh.jsonl", [row, bad, nested])
+    records, report = load_preferences(path)
+    assert report.format == "jsonl/hh_rlhf" and report.kept == 2
+    assert records[0].prompt == [user("How do I pick a lock?")]
+    assert records[0].chosen == "I'd rather not help with that.\n\nAssistant: Is it your own lock?"
+    assert records[0].rejected == "Use a tension wrench and a pick."
+    assert (records[1].prompt, records[1].chosen, records[1].rejected) == (
+        [user("How do I pick a lock?")], "Sure.\n\nAssistant: Why?", "Sure.\n\nAssistant: No.")
+    # The pair that differs in its first Human turn shares no prompt: a counted skip, not an error.
+    assert report.skipped == {"unsplittable transcript: rejected": 1}
+    assert report.skipped_rows == {"unsplittable transcript: rejected": [2]}
+    with pytest.raises(DataError, match="share no prompt") as err:
+        load_preferences(path, strict=True)
     assert_where(err, path, 2, "rejected")
 
 
@@ -223,7 +262,7 @@ def test_undetectable_format_lists_keys_and_formats(tmp_path):
         assert name in str(err.value)
 
 
-# --------------------------------------------------------------------------- hard errors
+# --------------------------------------------------------------------------- row problems
 
 
 def _pku(**changes) -> dict:
@@ -242,7 +281,7 @@ DROP = object()
 GOOD = {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}
 CONV = {"prompt": [user("Hi")], "chosen": [assistant("Hello!")], "rejected": [assistant("Go away.")]}
 
-HARD_ERRORS = {
+ROW_PROBLEMS = {
     "missing column": (
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
         {"rejected": DROP},
@@ -315,29 +354,58 @@ HARD_ERRORS = {
         "summaries",
         "expected a list of 2 summaries, got 3 items",
     ),
-    "hh not ending with assistant": (
+    "hh differs before any assistant turn": (
         {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Bye"},
-        {"rejected": "\n\nHuman: Hi\n\nAssistant: Bye\n\nHuman: ok"},
+        {"rejected": "\n\nHuman: Yo\n\nAssistant: Bye"},
         "hh_rlhf",
         "rejected",
-        "must have role 'assistant'",
+        "share no prompt",
     ),
+    "hh text before the first turn": (
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi\n\nAssistant: Bye"},
+        {"chosen": "Hi\n\nAssistant: Hello", "rejected": "Hi\n\nAssistant: Bye"},
+        "hh_rlhf",
+        "chosen",
+        "text before the first",
+    ),
+}
+# The reason each row problem is counted under ("kind: field"), computed by hand from the table.
+REASONS = {
+    "missing column": "missing field: rejected",
+    "chosen is a number": "wrong type: chosen",
+    "prompt is a number": "wrong type: prompt",
+    "message missing content": "bad messages: chosen",
+    "bad role": "bad messages: prompt",
+    "final message not assistant": "bad messages: rejected",
+    "bad better_response_id": "bad label: better_response_id",
+    "bool better_response_id": "bad label: better_response_id",
+    "pku missing response_1": "missing field: response_1",
+    "choice out of range": "bad label: choice",
+    "summary text missing": "missing field: summaries[1].text",
+    "three summaries": "wrong type: summaries",
+    "hh differs before any assistant turn": "unsplittable transcript: rejected",
+    "hh text before the first turn": "unsplittable transcript: chosen",
 }
 
 
-@pytest.mark.parametrize("case", sorted(HARD_ERRORS))
-def test_hard_errors_name_file_row_and_field(tmp_path, case):
-    base, changes, fmt, field, message = HARD_ERRORS[case]
+@pytest.mark.parametrize("case", sorted(ROW_PROBLEMS))
+def test_row_problems_are_counted_skips_and_strict_errors(tmp_path, case):
+    base, changes, fmt, field, message = ROW_PROBLEMS[case]
     bad = {k: v for k, v in {**base, **changes}.items() if v is not DROP}
     # The bad row is the third line, after a good row and a blank line (line numbers count).
     path = tmp_path / f"{case.replace(' ', '_')}.jsonl"
-    path.write_text(json.dumps(base) + "\n\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(base) + "\n\n" + json.dumps(bad) + "\n" + json.dumps(base) + "\n", encoding="utf-8")
+    records, report = load_preferences(path, format=fmt)
+    assert [r.origin.row for r in records] == [1, 4]
+    assert (report.rows_read, report.kept) == (3, 2)
+    assert report.skipped == {REASONS[case]: 1} and report.skipped_rows == {REASONS[case]: [3]}
+    example = report.skip_examples[REASONS[case]]
+    assert f"{path}, row 3, field '{field}': " in example and message in example
+    assert f"skipped 1 {REASONS[case]} (row 3)" in report.summary()
+    # strict: the same problem stops the load, naming file, row and field.
     with pytest.raises(DataError, match=re.escape(message)) as err:
-        load_preferences(path, format=fmt)
-    assert_where(err, path, 3, field)
-    # strict or not, a structural problem is never a skip.
-    with pytest.raises(DataError):
         load_preferences(path, format=fmt, strict=True)
+    assert_where(err, path, 3, field)
 
 
 def test_non_utf8_bytes_name_the_line(tmp_path):
@@ -351,25 +419,58 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
         + '{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}'.encode("latin-1")
         + b"\n"
     )
-    with pytest.raises(DataError, match="not valid UTF-8 at byte offset") as err:
-        load_preferences(path)
-    assert_where(err, path, 3, None)
     offset = 2 * (len(good) + 1) + len(b'{"prompt": "caf')  # two good lines, then up to the bad byte
+    records, report = load_preferences(path)
+    assert len(records) == 2 and report.skipped == {"not valid UTF-8": 1} and report.skipped_rows == {"not valid UTF-8": [3]}
+    assert f"byte offset {offset} (column 16 of the line)" in report.skip_examples["not valid UTF-8"]
+    with pytest.raises(DataError, match="not valid UTF-8 at byte offset") as err:
+        load_preferences(path, strict=True)
+    assert_where(err, path, 3, None)
     assert f"byte offset {offset} (column 16 of the line)" in str(err.value)
+    # A file whose lines are all undecodable (e.g. UTF-16) has no usable rows: an error.
+    utf16 = tmp_path / "utf16.jsonl"
+    utf16.write_bytes(json.dumps(GOOD).encode("utf-16") + b"\n")
+    with pytest.raises(DataError, match=r"no usable rows .* all skipped \(1 not valid UTF-8 \(row 1\)\)"):
+        load_preferences(utf16)
 
 
 def test_malformed_json_and_non_object_lines(tmp_path):
     path = tmp_path / "broken.jsonl"
-    path.write_text(json.dumps(GOOD) + '\n{"prompt": "x", "chosen": \n', encoding="utf-8")
+    path.write_text(json.dumps(GOOD) + '\n{"prompt": "x", "chosen": \n' + json.dumps(["a", "b"]) + "\n"
+                    + json.dumps(GOOD) + "\n", encoding="utf-8")
+    records, report = load_preferences(path)
+    assert [r.origin.row for r in records] == [1, 4]
+    assert report.skipped == {"malformed JSON": 1, "not a JSON object": 1}
+    assert report.skipped_rows == {"malformed JSON": [2], "not a JSON object": [3]}
     with pytest.raises(DataError, match="malformed JSON") as err:
-        load_preferences(path)
+        load_preferences(path, strict=True)
     assert_where(err, path, 2, None)
 
     path = tmp_path / "list.jsonl"
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps(["a", "b"]) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="expected a JSON object, got list") as err:
-        load_preferences(path)
+        load_preferences(path, strict=True)
     assert_where(err, path, 2, None)
+    # read_rows, used directly by other readers, still raises at the bad line.
+    rows, _ = read_rows(path)
+    with pytest.raises(DataError, match="expected a JSON object, got list"):
+        list(rows)
+
+
+def test_a_malformed_first_line_does_not_decide_the_format(tmp_path):
+    path = tmp_path / "first.jsonl"
+    path.write_text("{oops\n" + json.dumps(GOOD) + "\n", encoding="utf-8")
+    records, report = load_preferences(path)
+    assert report.format == "jsonl/standard" and [r.origin.row for r in records] == [2]
+    assert report.skipped == {"malformed JSON": 1}
+
+
+def test_skipped_rows_remember_the_first_five_row_numbers(tmp_path):
+    rows = [GOOD] + [{"prompt": "p", "chosen": "x", "rejected": "x"}] * 7
+    records, report = load_preferences(write_jsonl(tmp_path / "same.jsonl", rows))
+    assert report.skipped == {"chosen identical to rejected": 7}
+    assert report.skipped_rows == {"chosen identical to rejected": [2, 3, 4, 5, 6]}
+    assert "skipped 7 chosen identical to rejected (rows 2, 3, 4, 5, 6, ...)" in report.summary()
 
 
 # --------------------------------------------------------------------------- skips
@@ -391,7 +492,10 @@ def test_content_problems_are_counted_as_skips(tmp_path):
     assert [r.origin.row for r in records] == [1, 6]
     assert report.rows_read == 6 and report.kept == 2
     assert report.skipped == {"empty prompt": 1, "empty response": 2, "chosen identical to rejected": 1}
-    assert "skipped 1 chosen identical to rejected, 1 empty prompt, 2 empty response" in report.summary()
+    assert report.skipped_rows == {"empty prompt": [2], "empty response": [3, 4], "chosen identical to rejected": [5]}
+    # Most frequent reason first, each with its rows.
+    assert ("skipped 2 empty response (rows 3, 4), 1 chosen identical to rejected (row 5), 1 empty prompt (row 2)"
+            in report.summary())
 
 
 @pytest.mark.parametrize(
@@ -422,7 +526,8 @@ def test_all_rows_skipped_and_empty_file_are_errors(tmp_path):
     with pytest.raises(
         DataError,
         match=r"no usable rows in .*bad.jsonl: read 4 rows \(jsonl/standard\), all "
-        r"skipped \(1 chosen identical to rejected, 1 empty prompt, 2 empty",
+        r"skipped \(2 empty response \(rows 2, 3\), 1 chosen identical to rejected \(row 4\), 1 empty prompt "
+        r"\(row 1\)\); the first: .*bad.jsonl, row 1, field 'prompt': empty prompt",
     ):
         load_preferences(path)
     empty = tmp_path / "empty.jsonl"
@@ -499,9 +604,18 @@ def test_json_container_shapes(tmp_path):
     with pytest.raises(DataError, match=r"found keys \['items'\]"):
         load_preferences(path)
     path.write_text(json.dumps([GOOD, "oops"]), encoding="utf-8")
+    records, report = load_preferences(path)
+    assert len(records) == 1 and report.skipped_rows == {"not a JSON object": [2]}
     with pytest.raises(DataError, match="expected a JSON object, got str") as err:
-        load_preferences(path)
+        load_preferences(path, strict=True)
     assert_where(err, path, 2, None)
+    # A .json file is one document: broken JSON or bytes are a problem of the file, never a skip.
+    path.write_text('[{"prompt": "a", "chosen": "b", "rejected": "c"}, {oops}]', encoding="utf-8")
+    with pytest.raises(DataError, match="malformed JSON: .* at line 1"):
+        load_preferences(path)
+    path.write_bytes(b'[{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}]')
+    with pytest.raises(DataError, match="not valid UTF-8 at byte offset 16"):
+        load_preferences(path)
 
 
 def test_read_rows_returns_row_numbers_and_container(tmp_path):
@@ -599,12 +713,16 @@ def test_load_prompts_require_response(tmp_path):
     assert_where(err, path, 3, "response")
 
     missing = write_jsonl(tmp_path / "missing.jsonl", [PROMPT_ROWS[0], {"prompt": "Hi"}])
+    records, report = load_prompts(missing, require_response=True)
+    assert len(records) == 1 and report.skipped_rows == {"missing field: response": [2]}
     with pytest.raises(DataError, match="the row has no 'response'") as err:
-        load_prompts(missing, require_response=True)
+        load_prompts(missing, require_response=True, strict=True)
     assert_where(err, missing, 2, "response")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Hi", "response": 5}])
-    with pytest.raises(DataError, match="expected a string, got int") as err:
+    with pytest.raises(DataError, match="all skipped .*expected a string, got int"):
         load_prompts(bad)
+    with pytest.raises(DataError, match="expected a string, got int") as err:
+        load_prompts(bad, strict=True)
     assert_where(err, bad, 1, "response")
 
 

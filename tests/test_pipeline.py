@@ -7,7 +7,7 @@ import json
 from seq2seq_rm.cli import main
 
 
-def test_miniature_experiment_writes_a_complete_report(tmp_path):
+def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "exp"
     code = main([
         "experiment", "--out", str(out), "--seeds", "2",
@@ -17,6 +17,8 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path):
         "bias_sweep=[{refusal_bias: 0.0, length_bias: 0.0}]", "sweep_seeds=[5]",
     ])
     assert code == 0
+    printed = capsys.readouterr().out  # the run ends with its headline numbers on the terminal
+    assert "Headline" in printed and "test seq2seq vs scalar" in printed and "N=18" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["arms"] == ["sft", "scalar", "seq2seq", "seq2seq[rematch=positive]"]
     assert report["seeds"] == [0, 1] and report["commit"]

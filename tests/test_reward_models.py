@@ -112,6 +112,7 @@ def test_failed_training_leaves_the_earlier_output_untouched(tiny_model_dir, tmp
     with pytest.raises(ConfigError, match="--overwrite"):
         train_reward_model(cfg)
     cfg.overwrite = True
+    cfg.strict_data = True  # a row-level problem is an error only in strict mode (else a counted skip)
     with pytest.raises(DataError, match="row 2"):
         train_reward_model(cfg)
     assert (out / "keep.txt").read_text() == "previous run"

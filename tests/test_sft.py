@@ -70,10 +70,13 @@ def test_sft_trainer_puts_the_loss_on_response_tokens_only(tiny_model_dir, tmp_p
     tok = load_tokenizer(tiny_model_dir)
     cfg = SFTRunConfig(model=tiny_model_dir, data="unused", out=str(tmp_path / "x"), train=train_options())
     trainer, _ = build_sft_trainer(cfg, [PromptRecord("What is two plus two?", "Two plus two is four.")], tok, tmp_path)
-    row = trainer.train_dataset[0]
-    target = [i for i, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100]
+    # What the model is trained on: the collated batch (TRL builds the labels in the dataset or in
+    # the collator, depending on its version).
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    target = [i for i, lab in zip(ids, labels, strict=True) if lab != -100]
     assert tok.decode(target) == "Two plus two is four.<|im_end|>"  # no second EOS added by the trainer
-    assert row["labels"][: len(row["input_ids"]) - len(target)] == [-100] * (len(row["input_ids"]) - len(target))
+    assert labels[: len(ids) - len(target)] == [-100] * (len(ids) - len(target))
 
 
 def test_response_field_is_response_for_prompt_rows_and_chosen_for_preference_rows(sample_file, tmp_path):
@@ -120,8 +123,9 @@ def test_sft_run_writes_a_policy_that_prefers_the_chosen_responses(sft_policy_di
 
 def test_failed_sft_run_leaves_no_output_folder(tiny_model_dir, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "hi", "response": "a"}, {"prompt": "x", "response": 3}])
-    with pytest.raises(DataError, match="row 2"):
-        train_sft(SFTRunConfig(model=tiny_model_dir, data=bad, out=str(tmp_path / "out"), train=train_options()))
+    with pytest.raises(DataError, match="row 2"):  # strict: a bad row stops the run (else it is skipped)
+        train_sft(SFTRunConfig(model=tiny_model_dir, data=bad, out=str(tmp_path / "out"), train=train_options(),
+                               strict_data=True))
     long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "word " * 300, "response": "yes"}])
     cfg = SFTRunConfig(model=tiny_model_dir, data=long, out=str(tmp_path / "out"), train=train_options(max_length=32))
     cfg.train.truncation = "skip"

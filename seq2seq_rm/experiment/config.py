@@ -54,12 +54,13 @@ class AnnotatorOptions(Options):
 class ExperimentConfig(Options):
     tasks: list = opt(list(TASK_NAMES), "bundled tasks to run: any of safety, summarize, instruct")
     seeds: list = opt([0], "seeds; each seed redraws the preference data and retrains both RMs and every PPO arm")
-    size: Literal["tiny", "small", "medium"] = opt("tiny", "model size built from scratch (ignored with base_model)")
+    size: Literal["tiny", "mini", "small"] = opt("tiny", "model size built from scratch (ignored with base_model)")
     base_model: str = opt("", "start from this model instead of a tiny one: a folder, or a .gguf file (converted)")
     sft_data: Literal["reference", "chosen"] = opt(
         "reference", "SFT demonstrations: the tasks' reference responses on prompts of their own (unbiased) | "
                      "the chosen side of the (biased) preference pairs")
-    sft_rows: int = opt(400, "reference demonstrations per task (sft_data=reference)", ge=1)
+    sft_rows: int | dict = opt(400, "reference demonstrations per task (sft_data=reference): a number, or "
+                                     "{task: number} (tasks left out get 400)")
     shared_sft: bool = opt(True, "build the base model and the SFT policy once (sft_seed) and start every seed's "
                                  "RMs and PPO from it; false: every seed trains its own")
     sft_seed: int = opt(0, "seed of the shared base model, tokenizer and SFT policy", ge=0)
@@ -93,6 +94,14 @@ class ExperimentConfig(Options):
             raise ConfigError(f"seeds must be a non-empty list of integers >= 0, got {self.seeds!r}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: {self.seeds} names a seed twice")
+        rows = self.sft_rows if isinstance(self.sft_rows, dict) else {}
+        for task, n in rows.items():
+            if task not in TASK_NAMES:
+                raise ConfigError(f"sft_rows: unknown task {task!r}; choose from {', '.join(TASK_NAMES)}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"sft_rows.{task} must be an integer >= 1, got {n!r}")
+        if not isinstance(self.sft_rows, dict) and self.sft_rows < 1:
+            raise ConfigError(f"sft_rows must be >= 1, got {self.sft_rows}")
         default = PPOConfig()
         for name in PPO_SET_PER_ARM:
             if getattr(self.ppo, name) != getattr(default, name):
@@ -110,6 +119,10 @@ class ExperimentConfig(Options):
             raise ConfigError(f"{where} must be a mapping of annotator options, e.g. {{refusal_bias: 0.7}}; "
                               f"got {overrides!r}")
         return from_dict(AnnotatorOptions, {**to_dict(self.annotator), **overrides}, prefix=f"{where}.")
+
+    def sft_rows_of(self, task: str) -> int:
+        """How many reference demonstrations of ``task`` the SFT stage trains on."""
+        return self.sft_rows.get(task, 400) if isinstance(self.sft_rows, dict) else self.sft_rows
 
     def arm_extraction(self, overrides: dict | None, where: str = "ablation") -> ExtractionConfig:
         """The full extraction options of an arm: ``extraction`` with ``overrides`` on top (checked)."""

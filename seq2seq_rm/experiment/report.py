@@ -456,3 +456,23 @@ def markdown_summary(results: dict) -> str:
                      + ", ".join(f"{a} {_fmt(p['arms'][a]['refusal_risky_benign'], pct=True)}"
                                  for a in ("sft", "scalar", "seq2seq")))
     return "\n".join(lines) + "\n"
+
+
+def headline(results: dict, html: Path | None = None) -> str:
+    """The few numbers a run ends with on the terminal: the main comparisons on test and OOD
+    prompts (win rate, 95% CI, W/T/L, N), the RMs' accuracy against the oracle, the warnings."""
+    lines = ["", "Headline (oracle judge, both orders; win rate: mean over seeds, 95% CI: seeds then prompts)"]
+    for split, res in results["splits"].items():
+        for name in ("seq2seq vs scalar", "seq2seq vs sft", "scalar vs sft"):
+            w = res["win_rates"].get(name)
+            if w:
+                lines.append(f"  {split:4s} {name:18s} {_fmt(w['win_rate'])} [{_fmt(w['ci_low'])}, {_fmt(w['ci_high'])}]"
+                             f"  W/T/L {w['wins']}/{w['ties']}/{w['losses']}  N={w['n']}")
+    accs = {kind: [d[kind]["oracle"]["accuracy"] for d in results["rm_eval"].values()] for kind in ("scalar", "seq2seq")}
+    lines.append("  RM accuracy vs the oracle on held-out pairs: "
+                 + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in accs.items() if v))
+    if results.get("warnings"):
+        lines.append(f"  {len(results['warnings'])} warning(s), e.g.: {results['warnings'][0]}")
+    if html is not None:
+        lines.append(f"  report: {html}")
+    return "\n".join(lines)

@@ -129,7 +129,7 @@ def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str]
     clock = _Clock({}, f"sft (seed {seed})")
     demos = []
     for name in cfg.tasks:  # reference demonstrations, on prompts drawn apart from the preference pairs'
-        demos += get_task(name).sft_rows("train", cfg.sft_rows, 1000 + seed)
+        demos += get_task(name).sft_rows("train", cfg.sft_rows_of(name), 1000 + seed)
     ref_file = _write_jsonl(d / "data/reference_sft.jsonl", demos)
     if not cfg.base_model:
         corpus = [t for r in demos for t in (r["prompt"], r["response"])] + extra_corpus

@@ -7,6 +7,8 @@ file or the ``.gguf`` path itself. Local folders must hold safetensors weights: 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -152,6 +154,61 @@ def load_tokenizer(
         raise _load_failed("tokenizer", src, e) from e
 
 
+@contextlib.contextmanager
+def quiet_progress(enabled: bool = True):
+    """No transformers / hub progress bars inside ("Loading weights", "Writing model shards"):
+    a model load or save is one log line, not a bar per call. Restores the previous setting."""
+    from transformers.utils import logging as hf_logging
+
+    was = enabled and hf_logging.is_progress_bar_enabled()
+    if was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _quiet_gguf(enabled: bool):
+    """transformers draws its GGUF conversion bar with a plain tqdm (not its switchable one): off too."""
+    module = None
+    if enabled:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as module
+        except ImportError:
+            module = None
+    original = getattr(module, "tqdm", None)
+    if original is not None:
+        module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            module.tqdm = original
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _LoadReportFilter(logging.Filter):
+    """Keeps transformers' "LOAD REPORT" table (missing / unexpected keys) off the terminal: the
+    loaders below log what matters in one line (a new score head is expected), and keep the table
+    for an error message if loading fails."""
+
+    def __init__(self):
+        super().__init__()
+        self.reports: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" in message:
+            self.reports.append(_ANSI.sub("", message))
+            return False
+        return True
+
+
 def _from_pretrained(auto_cls, what: str, src: _Source, **kwargs):
     _check_weights(src)
     kwargs = dict(src.hub_kwargs, **kwargs)
@@ -166,10 +223,37 @@ def _from_pretrained(auto_cls, what: str, src: _Source, **kwargs):
         # The Auto classes look for a PEFT adapter_config.json without passing local_files_only on
         # (transformers 5.23): without this, a hub id retries the network for ~30 s before failing.
         kwargs["adapter_kwargs"] = {"local_files_only": True}
+    report_filter = _LoadReportFilter()
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    hf_logger.addFilter(report_filter)
     try:
-        return auto_cls.from_pretrained(src.path, output_loading_info=True, **kwargs)
+        with quiet_progress(src.local), _quiet_gguf(bool(src.gguf_file) and src.local):  # a hub id keeps its download bars
+            return auto_cls.from_pretrained(src.path, output_loading_info=True, **kwargs)
     except _LOAD_ERRORS as e:
         raise _load_failed(what, src, e) from e
+    except RuntimeError as e:
+        if not report_filter.reports:
+            raise
+        raise ModelError(f"cannot load {what} from {src.describe()}: {e}\n{report_filter.reports[-1]}") from e
+    finally:
+        hf_logger.removeFilter(report_filter)
+
+
+def _log_unused(src: _Source, info: dict, expected=("lm_head.", "score.", "classifier.")) -> None:
+    """One line for checkpoint tensors the model does not use (a causal LM's head, loading a backbone)."""
+    unused = sorted(info.get("unexpected_keys", ()) or ())
+    if not unused:
+        return
+    level = logging.DEBUG if all(k.startswith(expected) for k in unused) else logging.WARNING
+    logger.log(level, "%s: %d checkpoint tensor%s not used: %s", src.describe(), len(unused),
+               "" if len(unused) == 1 else "s", ", ".join(unused[:5]) + (" ..." if len(unused) > 5 else ""))
+
+
+def _log_missing(src: _Source, what: str, missing) -> None:
+    missing = sorted(missing or ())
+    if missing:
+        logger.warning("%s: %s newly initialised (not in the checkpoint): %s", src.describe(), what,
+                       ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
 
 
 def _strip_gguf_quantizer(model: PreTrainedModel) -> PreTrainedModel:
@@ -204,9 +288,11 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """Load a causal LM from a safetensors folder, a hub id, or a GGUF file (dequantized, trainable)."""
     src = _resolve(spec, gguf_file)
-    model, _info = _from_pretrained(
+    model, info = _from_pretrained(
         AutoModelForCausalLM, "causal LM", src, trust_remote_code=trust_remote_code, dtype=dtype
     )
+    _log_missing(src, "causal LM weights", info.get("missing_keys"))
+    _log_unused(src, info)
     if src.gguf_file:
         model = _strip_gguf_quantizer(model)
     return model
@@ -245,6 +331,7 @@ def load_sequence_classifier(
     other_missing = sorted(set(info.get("missing_keys", ())) - set(new_keys))
     if other_missing:
         raise ModelError(f"{src.describe()} lacks backbone weights: {', '.join(other_missing[:5])}")
+    _log_unused(src, info)
     if model.config.pad_token_id is None:
         logger.warning(
             "%s: config.pad_token_id is unset; call ensure_pad_token(tokenizer, model)", src.describe()
@@ -265,7 +352,8 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, *, atomic: bool = F
             save_model(model, tokenizer, tmp)
         return out
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)  # transformers 5 always writes safetensors
+    with quiet_progress():
+        model.save_pretrained(out)  # transformers 5 always writes safetensors
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out
@@ -436,5 +524,7 @@ def load_backbone(spec: str | os.PathLike, *, trust_remote_code: bool = False, d
     from transformers import AutoModel
 
     src = _resolve(spec, None)
-    model, _info = _from_pretrained(AutoModel, "backbone", src, trust_remote_code=trust_remote_code, dtype=dtype)
+    model, info = _from_pretrained(AutoModel, "backbone", src, trust_remote_code=trust_remote_code, dtype=dtype)
+    _log_missing(src, "backbone weights", info.get("missing_keys"))
+    _log_unused(src, info)
     return model

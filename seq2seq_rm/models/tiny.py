@@ -48,12 +48,12 @@ SIZES: dict[str, dict] = {
         "intermediate_size": 256,
         "vocab_size": 2048,
     },
-    "medium": {
-        "hidden_size": 192,
-        "num_hidden_layers": 6,
-        "num_attention_heads": 6,
+    "mini": {  # ~1.0M parameters: enough depth to learn to copy facts from the prompt (summaries)
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "intermediate_size": 512,
+        "intermediate_size": 384,
         "vocab_size": 2048,
     },
     "small": {

@@ -50,7 +50,8 @@ def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
         examples, stats = build_seq2seq_examples(
             records, tokenizer, cfg.template, cfg.mapping, opts.max_length, opts.truncation, opts.seed
         )
-        dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "completion_mask")} for e in examples])
+        dataset = Dataset.from_list([{"input_ids": e["input_ids"], "completion_mask": e["completion_mask"],
+                                      "length": len(e["input_ids"])} for e in examples])
         if lora.enabled:
             model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
         args = SFTConfig(**trainer_kwargs(opts, out_dir), completion_only_loss=True, dataset_num_proc=None)
@@ -65,8 +66,11 @@ def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
     examples, stats = build_pair_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
     if lora.enabled:
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, task_type="SEQ_CLS")
-    args = RewardConfig(**trainer_kwargs(opts, out_dir), center_rewards_coefficient=None)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+    # remove_unused_columns=False keeps the "length" column for group_by_length (the preference
+    # collator reads chosen_ids / rejected_ids only, so the extra column is harmless).
+    args = RewardConfig(**trainer_kwargs(opts, out_dir), center_rewards_coefficient=None, remove_unused_columns=False)
+    rows = [{**e, "length": max(len(e["chosen_ids"]), len(e["rejected_ids"]))} for e in examples]  # group_by_length
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     return trainer, stats
 
 
@@ -78,6 +82,7 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     records, report = load_preferences(
         cfg.data, format=cfg.data_format, split=cfg.split, subset=cfg.subset, strict=cfg.strict_data,
         pku_preference=cfg.pku_preference, limit=cfg.limit,
+        pku_drop_both_unsafe=cfg.pku_drop_both_unsafe, columns=cfg.columns,
     )
     log.info(report.summary())
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
