@@ -90,11 +90,13 @@ class TrainProgress:
 
     SHOWN = (("loss", "loss", "{:.4g}"), ("learning_rate", "lr", "{:.2e}"), ("accuracy", "acc", "{:.3f}"),
              ("mean_token_accuracy", "tok_acc", "{:.3f}"))
+    MAX_LINES = 40
 
     def __init__(self, desc: str = "training", stream=None, tty: bool | None = None):
         self.desc, self._stream, self._tty = desc, stream, tty
         self.bar = None
         self.step = 0
+        self.every = 1  # without a bar: print every `every`-th log event (TensorBoard keeps them all)
         self.summary: dict = {}
 
     def __getattr__(self, name: str):
@@ -114,7 +116,10 @@ class TrainProgress:
             self.bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", file=stream, dynamic_ncols=True,
                             leave=True)
         else:
-            log.info("%s: %d optimisation steps, a log line every %d", self.desc, state.max_steps, args.logging_steps)
+            # A pipe or a file gets at most ~MAX_LINES progress lines, however long the run.
+            self.every = max(1, -(-state.max_steps // (args.logging_steps * self.MAX_LINES)))
+            log.info("%s: %d optimisation steps, a log line every %d", self.desc, state.max_steps,
+                     args.logging_steps * self.every)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -134,7 +139,7 @@ class TrainProgress:
                 shown[name] = fmt.format(value)
         if self.bar is not None:
             self.bar.set_postfix(shown, refresh=True)
-        else:
+        elif state.global_step % (args.logging_steps * self.every) == 0 or state.global_step == state.max_steps:
             epoch = _number(logs.get("epoch"))
             log.info("%s step %d/%d%s: %s", self.desc, state.global_step, state.max_steps,
                      f" (epoch {epoch:.2f})" if epoch is not None else "",

@@ -77,3 +77,23 @@ def test_on_a_terminal_one_bar_shows_loss_and_lr(tiny_model_dir, tmp_path):
     assert "loss=" in text and "lr=" in text  # the logs go into the bar's postfix
     assert "{'loss'" not in text and "{" not in text
     assert progress.bar is None  # closed at the end
+
+
+def test_without_a_terminal_a_long_run_prints_a_bounded_number_of_lines(caplog):
+    from types import SimpleNamespace
+
+    from seq2seq_rm.training import TrainProgress
+
+    progress = TrainProgress("sft", stream=io.StringIO(), tty=False)
+    args = SimpleNamespace(logging_steps=10)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=5400, global_step=0)
+    with caplog.at_level("INFO", logger="seq2seq_rm.training"):
+        progress.on_train_begin(args, state, None)
+        for step in range(10, 5401, 10):  # the Trainer logs every logging_steps
+            state.global_step = step
+            progress.on_log(args, state, None, logs={"loss": 1.0, "learning_rate": 1e-3})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sft step")]
+    # 5400 / (10 * 40) -> every 14th log event = every 140 steps, plus the last step
+    assert "a log line every 140" in caplog.records[0].getMessage()
+    assert len(lines) == 5400 // 140 + 1 and lines[0].startswith("sft step 140/5400")
+    assert lines[-1].startswith("sft step 5400/5400")
