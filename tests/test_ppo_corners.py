@@ -25,13 +25,16 @@ PROMPTS = ["Hi.", "What is two plus two?", "How do I fix a bike tyre that keeps 
 
 
 class DenseRM:
-    """0.5 for every token, 1.0 for an EOS; records what it was asked to score."""
+    """0.5 for every token, 1.0 for an EOS; records what it was asked to score. Scores under
+    ``inference_mode`` like the real reward models, so PPO gets inference tensors it must not
+    modify in place."""
 
     kind = "seq2seq"
 
     def __init__(self, tokenizer):
         self.tokenizer, self.seen = tokenizer, []
 
+    @torch.inference_mode()
     def token_rewards(self, prompts, ids, mask):
         self.seen.append((ids.clone(), mask.clone()))
         r = torch.where(ids == self.tokenizer.eos_token_id, 1.0, 0.5)

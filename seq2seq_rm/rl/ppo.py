@@ -350,12 +350,14 @@ class PPOTrainer:
         lengths = mask.sum(-1)
         if cfg.score_unfinished == "append_eos" and unfinished.any():
             ids, mask = _append_eos(ids, mask, unfinished, self.tokenizer.eos_token_id)
-        r = self.rm.token_rewards(b.prompts, ids, mask).rewards.to(self.device).float()
+        # a copy: the reward models score under inference_mode, and inference tensors refuse the
+        # in-place edits below
+        r = self.rm.token_rewards(b.prompts, ids, mask).rewards.to(self.device).float().clone()
         rows = torch.arange(len(r), device=r.device)
         last = (lengths - 1).clamp(min=0).to(r.device)
         if r.shape[1] > t:  # the appended EOS is no action of the policy: its reward goes to the last real token
             extra = torch.where(unfinished.to(r.device), r[rows, lengths.clamp(max=t).to(r.device)], 0.0)
-            r = r[:, :t].clone()
+            r = r[:, :t].clone()  # contiguous, and the slice would share storage
             r[rows, last] += extra
         if cfg.missing_eos_penalty:
             r[rows, last] -= cfg.missing_eos_penalty * unfinished.to(r.device).float()
