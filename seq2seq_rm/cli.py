@@ -222,12 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = cmd(sub, "demo", "the paper's experiment on the bundled offline tasks, one seed (~10 min on CPU)")
     d.add_argument("--out", default="runs/demo", help="output folder")
     d.add_argument("--seed", type=int, help="the seed (default 0)")
+    d.add_argument("--resume", action="store_true", help="continue a stopped demo in --out (same options)")
     _config_flags(d, "experiment", training=False)
 
     x = cmd(sub, "experiment", "the full grid: several seeds plus the extraction ablation")
     x.add_argument("--tasks", help="comma-separated task names, or all (default all)")
     x.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default 3)")
     x.add_argument("--out", default="runs/experiment", help="output folder")
+    x.add_argument("--resume", action="store_true",
+                   help="continue a stopped experiment in --out (same options): finished stages are kept")
     _config_flags(x, "experiment", training=False)
 
     da = cmd(sub, "data", "look at data before training on it").add_subparsers(dest="data_command", required=True)
@@ -531,7 +534,7 @@ def _run_experiment(a, preset: dict, flags: dict) -> None:
     from .experiment import ExperimentConfig, run_experiment
 
     cfg = load_config(ExperimentConfig, a.config, a.overrides, flags, preset=preset)
-    html = run_experiment(cfg, a.out, overwrite=bool(a.overwrite))
+    html = run_experiment(cfg, a.out, overwrite=bool(a.overwrite), resume=bool(a.resume))
     from .experiment.report import headline
 
     print(headline(json.loads((Path(html).parent / "report.json").read_text(encoding="utf-8")), html))

@@ -97,3 +97,17 @@ def test_without_a_terminal_a_long_run_prints_a_bounded_number_of_lines(caplog):
     assert "a log line every 140" in caplog.records[0].getMessage()
     assert len(lines) == 5400 // 140 + 1 and lines[0].startswith("sft step 140/5400")
     assert lines[-1].startswith("sft step 5400/5400")
+
+
+def test_ppo_progress_without_a_terminal_is_log_lines_not_bar_fragments(caplog):
+    from seq2seq_rm.rl.ppo import _Progress
+
+    screen = io.StringIO()  # not a terminal
+    with caplog.at_level("INFO", logger="seq2seq_rm.rl.ppo"):
+        bar = _Progress(total=40, initial=0, enabled=True, stream=screen)
+        for _ in range(40):
+            bar.update(reward="+1.00", kl="0.010")
+        bar.close()
+    assert screen.getvalue() == ""  # no bar drawn into a file
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "PPO step 2/40: reward +1.00, kl 0.010" and len(lines) == 20 and lines[-1].startswith("PPO step 40/40")

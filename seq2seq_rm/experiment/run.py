@@ -120,8 +120,27 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
     return {"files": files, "prompts": prompts, "corpus": corpus}
 
 
-def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str], chosen_sft: str | None) -> str:
-    """Base model (built from the corpus, or ``base_model``) and the SFT policy in ``d``; returns the policy."""
+def _kept(path: Path, resume: bool, kind: str | None = None) -> bool:
+    """Whether a resumed experiment keeps the finished stage output at ``path`` (every stage's
+    output is published atomically, so one that exists is complete; a folder is also checked to
+    hold the ``kind`` of output the stage writes)."""
+    if not resume or not path.exists():
+        return False
+    if kind is not None:
+        from ..outputs import output_kind
+
+        found = output_kind(path)
+        if found != kind:
+            raise ConfigError(f"cannot resume: {path} should hold a {kind} output but holds "
+                              f"{found or 'something else'}; start the experiment again with --overwrite")
+    log.info("resume: keeping %s", path)
+    return True
+
+
+def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str], chosen_sft: str | None,
+              resume: bool = False) -> str:
+    """Base model (built from the corpus, or ``base_model``) and the SFT policy in ``d``; returns the
+    policy. ``resume``: keep a base model and SFT policy a stopped run already wrote there."""
     from ..models.tiny import build_tiny_model
     from ..sft import SFTRunConfig, train_sft
     from ..tasks import get_task
@@ -133,15 +152,21 @@ def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str]
     ref_file = _write_jsonl(d / "data/reference_sft.jsonl", demos)
     if not cfg.base_model:
         corpus = [t for r in demos for t in (r["prompt"], r["response"])] + extra_corpus
-        base = build_tiny_model(corpus, str(d / "base"), size=cfg.size, seed=seed)
+        base = str(d / "base")
+        if not _kept(d / "base", resume, "tiny-model"):
+            build_tiny_model(corpus, base, size=cfg.size, seed=seed)
     elif cfg.base_model.endswith(".gguf"):
         from ..models.loading import gguf_to_folder
 
-        base = str(gguf_to_folder(cfg.base_model, d / "base"))  # a trainable safetensors folder
+        base = str(d / "base")
+        if not (resume and (d / "base").is_dir()):
+            gguf_to_folder(cfg.base_model, d / "base")  # a trainable safetensors folder
     else:
         base = cfg.base_model
     data = ref_file if cfg.sft_data == "reference" or chosen_sft is None else chosen_sft
-    sft_dir = str(train_sft(SFTRunConfig(model=base, data=data, out=str(d / "sft"), train=_with_seed(cfg.sft, seed))))
+    sft_dir = str(d / "sft")
+    if not _kept(d / "sft", resume, "sft"):
+        train_sft(SFTRunConfig(model=base, data=data, out=sft_dir, train=_with_seed(cfg.sft, seed)))
     clock.lap("base+sft")
     return sft_dir
 
@@ -183,7 +208,10 @@ def rollout_metrics_fn(rows: list[dict]):
 
 
 def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, annotator: AnnotatorOptions,
-             with_ablation: bool = True) -> SeedRun:
+             with_ablation: bool = True, resume: bool = False) -> SeedRun:
+    """One seed's data, reward models, PPO arms and greedy responses in ``d``. ``resume``: keep
+    every stage output a stopped run already published there (the data files are deterministic
+    and rewritten); a PPO arm with a run folder but no policy continues from its checkpoints."""
     from ..config import RMTrainConfig
     from ..data.loading import load_preferences
     from ..rewards import load_reward_model
@@ -197,16 +225,17 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
     data = prepare_data(cfg, seed, d, annotator)
     files, run.prompts = data["files"], data["prompts"]
     if sft_dir is None:
-        sft_dir = build_sft(cfg, d, seed, data["corpus"], files["chosen_sft"])
+        sft_dir = build_sft(cfg, d, seed, data["corpus"], files["chosen_sft"], resume)
     clock.lap("data+sft")
 
     rm_dirs = {}
     test_sets = {"annotator": load_preferences(files["test_pairs"])[0],
                  "oracle": load_preferences(files["test_pairs_oracle"])[0]}
     for kind in ("scalar", "seq2seq"):
-        rm_dirs[kind] = str(train_reward_model(RMTrainConfig(
-            kind=kind, model=sft_dir, data=files["pairs"], out=str(d / f"rm-{kind}"),
-            train=_with_seed(cfg.rm, seed), extraction=cfg.extraction)))
+        rm_dirs[kind] = str(d / f"rm-{kind}")
+        if not _kept(d / f"rm-{kind}", resume, "reward-model"):
+            train_reward_model(RMTrainConfig(kind=kind, model=sft_dir, data=files["pairs"], out=rm_dirs[kind],
+                                             train=_with_seed(cfg.rm, seed), extraction=cfg.extraction))
         rm = load_reward_model(rm_dirs[kind])
         run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs) for labels, recs in test_sets.items()}
         clock.lap(f"rm-{kind}")
@@ -216,8 +245,10 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         out_dir = d / f"ppo-{_slug(arm)}"
         extraction = cfg.arm_extraction(overrides) if kind == "seq2seq" else None
         pcfg = replace(cfg.ppo, policy=sft_dir, rm=rm_dirs[kind], prompts=files["ppo_prompts"], out=str(out_dir),
-                       seed=seed, extraction=extraction)
-        PPOTrainer(pcfg, rollout_metrics=rollout_metrics_fn(ppo_rows)).train()
+                       seed=seed, extraction=extraction,
+                       resume=resume and Path(str(out_dir) + ".run").is_dir())
+        if not _kept(out_dir, resume, "ppo-policy"):
+            PPOTrainer(pcfg, rollout_metrics=rollout_metrics_fn(ppo_rows)).train()
         run.ppo_runs[arm] = str(out_dir) + ".run"
         run.extraction[arm] = to_dict(extraction) if extraction is not None else None
         clock.lap(f"ppo-{arm}")
@@ -228,7 +259,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         run.responses[arm] = {}
         for split in SPLITS:
             path = d / "responses" / f"{_slug(arm)}-{split}.jsonl"
-            generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32)
+            if not _kept(path, resume):
+                generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32)
             run.responses[arm][split] = [json.loads(x) for x in path.read_text().splitlines() if x]
     clock.lap("generate")
     return run
@@ -256,29 +288,68 @@ def _commit() -> str | None:
     return out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
 
 
-def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = False) -> Path:
+def _resume_check(cfg: ExperimentConfig, out: Path, overwrite: bool) -> dict:
+    """Refuse to resume ``out`` unless it holds an experiment run with exactly this config;
+    returns the stopped run's ``experiment.json``."""
+    from ..outputs import read_json
+
+    if overwrite:
+        raise ConfigError("--resume continues the experiment in --out; --overwrite would delete it: give one")
+    meta = read_json(out / META_FILES["experiment"])
+    if meta is None or meta.get("kind") != "experiment":
+        raise ConfigError(f"cannot resume: {out} holds no experiment ({META_FILES['experiment']} is missing); "
+                          "run without --resume")
+    old, new = _flat(meta.get("config") or {}), _flat(to_dict(cfg))
+    diff = [f"{k}: {old.get(k, '(unset)')!r} then, {new.get(k, '(unset)')!r} now"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(f"cannot resume {out}: the options differ from the stopped run's ("
+                          + "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+                          + "). Use the same options, or start again with --overwrite")
+    return meta
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
     """Run the shared stage, every seed and the bias sweep, judge, and write the report into
     ``out``; returns report.html.
 
     ``out`` must be new or empty, or an earlier experiment with ``overwrite`` (which deletes it
     when this one starts). ``experiment.json`` records the config, the commit and the status:
     a killed or failed run says where it stopped, and the stages it finished stay on disk.
+    ``resume`` continues such a run (same config only): finished stages are kept, the rest run.
     """
     from ..tasks import get_task
     from .evaluate import evaluate_runs, evaluate_sweep
     from .report import markdown_summary, write_report
 
     out = Path(out)
-    check_output_dir(out, "experiment", overwrite)
+    earlier = None
+    if resume:
+        earlier = _resume_check(cfg, out, overwrite)
+    else:
+        check_output_dir(out, "experiment", overwrite)
     if cfg.base_model and not Path(cfg.base_model).exists():
         raise ConfigError(f"base_model {cfg.base_model} does not exist")
     for name in cfg.tasks:
         get_task(name)
-    if out.is_dir() and any(out.iterdir()):
+    if not resume and out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)  # an earlier experiment (checked above), replaced as asked
         log.info("removed the earlier experiment in %s (--overwrite)", out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"kind": "experiment", "status": "running", "commit": _commit(), "config": to_dict(cfg)}
+    if earlier is not None:  # the commit that started it stays; every resumption is recorded
+        meta = {**earlier, "status": "running", "resumed": [*earlier.get("resumed", []), meta["commit"]]}
+        meta.pop("error", None)
     marker = out / META_FILES["experiment"]
     atomic_write_json(marker, meta)
     t0 = time.perf_counter()
@@ -288,9 +359,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = Fal
         if cfg.shared_sft:
             clock = _Clock(shared_seconds, "shared")
             first = prepare_data(cfg, cfg.seeds[0], out / "shared", cfg.annotator)  # a corpus for the tokenizer
-            sft_dir = build_sft(cfg, out / "shared", cfg.sft_seed, first["corpus"], first["files"]["chosen_sft"])
+            sft_dir = build_sft(cfg, out / "shared", cfg.sft_seed, first["corpus"], first["files"]["chosen_sft"],
+                                resume)
             clock.lap("base+sft")
-        runs = [run_seed(cfg, seed, out / f"seed-{seed}", sft_dir, cfg.annotator) for seed in cfg.seeds]
+        runs = [run_seed(cfg, seed, out / f"seed-{seed}", sft_dir, cfg.annotator, resume=resume)
+                for seed in cfg.seeds]
         results = evaluate_runs(cfg, runs)
         sweep = []
         main_runs = {r.seed: r for r in runs}
@@ -302,13 +375,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = Fal
                     point.append(main_runs[s])
                 else:
                     point.append(run_seed(cfg, s, out / "sweep" / f"point-{i}" / f"seed-{s}", sft_dir, ann,
-                                          with_ablation=False))
+                                          with_ablation=False, resume=resume))
             sweep.append((ann, point))
         if sweep:
             results["sweep"] = evaluate_sweep(cfg, sweep)
     except BaseException as e:
         atomic_write_json(marker, {**meta, "status": "failed", "error": f"{type(e).__name__}: {e}"})
-        log.error("the experiment stopped (%s); the stages it finished are in %s", type(e).__name__, out)
+        log.error("the experiment stopped (%s); the stages it finished are in %s; continue it with the same "
+                  "command and --resume", type(e).__name__, out)
         raise
     results["rm_eval"] = {r.seed: r.rm_eval for r in runs}
     results["extraction"] = runs[0].extraction

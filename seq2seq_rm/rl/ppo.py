@@ -26,6 +26,7 @@ import math
 import random
 import shutil
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -491,7 +492,7 @@ class PPOTrainer:
                  len(self.prompts), self.prompt_report.summary(), cfg.steps, self.step, self.acc.num_processes,
                  self.rm.kind)
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
-        bar = _progress(cfg.steps, self.step, enabled=self.acc.is_main_process)
+        bar = _Progress(cfg.steps, self.step, enabled=self.acc.is_main_process)
         try:
             while self.step < cfg.steps and not self._stop:
                 t: dict[str, float] = {}
@@ -507,10 +508,9 @@ class PPOTrainer:
                 self.kl_ctl.update(metrics["kl"], cfg.batch_size * self.acc.num_processes)
                 self.step += 1
                 logger.log(self.step, metrics)
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics['rm_reward']:+.2f}", kl=f"{metrics['kl']:.3f}",
-                                len=f"{metrics['response_length']:.1f}", gen=f"{t['generate']:.1f}s",
-                                train=f"{t['train']:.1f}s")
+                bar.update(reward=f"{metrics['rm_reward']:+.2f}", kl=f"{metrics['kl']:.3f}",
+                           len=f"{metrics['response_length']:.1f}", gen=f"{t['generate']:.1f}s",
+                           train=f"{t['train']:.1f}s")
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._dump_samples(b)
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
@@ -779,10 +779,40 @@ class _MetricsLogger:
             self.tb.close()
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
+class _Progress:
+    """PPO's progress: a tqdm bar on a terminal; elsewhere (a pipe, a log file) a log line every
+    ``total // 20`` steps, so a log holds no bar fragments."""
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="PPO", unit="step", dynamic_ncols=True)
+    LINES = 20
+
+    def __init__(self, total: int, initial: int, enabled: bool, stream=None):
+        stream = stream if stream is not None else sys.stderr
+        self.total, self.step, self.enabled = total, initial, enabled
+        self.every = max(1, total // self.LINES)
+        self.bar = None
+        if enabled and _isatty(stream):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="PPO", unit="step", dynamic_ncols=True, file=stream)
+
+    def update(self, **shown) -> None:
+        self.step += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(**shown)
+        elif self.enabled and (self.step % self.every == 0 or self.step == self.total):
+            log.info("PPO step %d/%d: %s", self.step, self.total, ", ".join(f"{k} {v}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def run_ppo(cfg: PPOConfig) -> Path:
