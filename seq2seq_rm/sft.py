@@ -206,12 +206,14 @@ def _check(cfg: SFTRunConfig) -> None:
 def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
     """TRL's SFTTrainer on our own tokenisation (loss on ``R(y)`` only); returns ``(trainer, stats)``."""
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from .models.loading import ensure_pad_token, load_causal_lm
     from .models.lora import apply_lora
 
     opts, lora = cfg.train, cfg.train.lora
+    set_seed(opts.seed)  # LoRA adapters are initialised at random before the Trainer seeds itself
     model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     ensure_pad_token(tokenizer, model)
     examples, stats = build_sft_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)

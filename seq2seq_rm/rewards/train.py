@@ -35,11 +35,15 @@ def _check(cfg: RMTrainConfig) -> None:
 def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
     """The TRL trainer for ``cfg.kind`` on our own tokenisation; returns ``(trainer, example_stats)``."""
     from datasets import Dataset
+    from transformers import set_seed
 
     from ..models.loading import ensure_pad_token, load_causal_lm, load_sequence_classifier
     from ..models.lora import apply_lora
 
     opts, lora = cfg.train, cfg.train.lora
+    # train.seed also fixes what is drawn before the Trainer seeds itself: the scalar head and LoRA
+    # adapters are initialised at random (without this two runs differ, and so would a resumed one)
+    set_seed(opts.seed)
     if cfg.kind == "seq2seq":
         from trl import SFTConfig, SFTTrainer
 
