@@ -199,15 +199,15 @@ class TrainOptions(Options):
         True, "batch examples of similar length together (less padding: much faster when lengths vary)")
     lora: LoraOptions = opt(LoraOptions(), "LoRA options")
     # Run folder, logging and pass-through (seq2seq_rm/train_run.py, training.trainer_kwargs)
-    save_steps: int = opt(500, "checkpoint every N optimisation steps into OUT.run/checkpoints/ (0: only on Ctrl-C); "
-                               "--resume continues from the newest", ge=0)
+    save_steps: int = opt(500, "checkpoint every N optimisation steps and at the end, into OUT.run/checkpoints/ "
+                               "(0: only on Ctrl-C); --resume continues from the newest", ge=0)
     save_total_limit: int = opt(2, "checkpoints kept in OUT.run/checkpoints/ (the newest)", ge=1)
     report_to: str | list = opt(
         "tensorboard", "where training metrics go: tensorboard | wandb | trackio | none, or a list of them "
                        "(each imported only when chosen; it must be installed)")
     trainer_args: dict = opt(
         {}, "more TrainingArguments / TRL SFTConfig or RewardConfig fields, passed through to the trainer "
-            "(trainer_args.max_grad_norm=0.5, trainer_args.fsdp=..., trainer_args.deepspeed=ds.json); "
+            "(train.trainer_args.max_grad_norm=0.5, train.trainer_args.deepspeed=ds.json, ...fsdp=...); "
             "the ones the toolkit sets itself are refused with the option to use instead")
 
     def check(self) -> None:
