@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 MARKER = "checkpoint.json"  # written last, before publishing: its presence means "complete"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 # Options a resumed run may change: bookkeeping that does not change what is computed.
-RESUME_FREE = ("resume", "overwrite", "train.save_steps", "train.save_total_limit", "train.logging_steps",
+# (``out``: the run folder is found from it, so a moved output and run folder resume where they are.)
+RESUME_FREE = ("resume", "overwrite", "out", "train.save_steps", "train.save_total_limit", "train.logging_steps",
                "train.report_to")
 # What a complete checkpoint of the HF Trainer holds (besides the weights).
 _NEEDED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -167,7 +168,7 @@ def _compare(saved: dict, now: dict, path: Path) -> None:
         listed = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in diff)
         raise ConfigError(
             f"--resume with options that differ from checkpoint {path}: {listed}. A resumed run keeps them (only "
-            f"{', '.join(RESUME_FREE[2:])} may change); restore them, or start afresh with --overwrite")
+            f"{', '.join(RESUME_FREE[3:])} may change); restore them, or start afresh with --overwrite")
 
 
 def examples_fingerprint(dataset, columns=("input_ids", "completion_mask", "chosen_ids", "rejected_ids")) -> str:
@@ -212,10 +213,10 @@ def start_run(run: SupervisedRun, is_main: bool = True) -> None:
     atomic_write_json(run.dir / "config.json", run.config)
 
 
-def _barrier() -> None:
+def _barrier(world_size: int) -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
@@ -244,10 +245,10 @@ class RunCallback:
             control.should_training_stop = True
 
     def on_save(self, args, state, control, **kwargs):
-        _barrier()  # every process has written its part (rng_state_K.pth) of checkpoint-N
+        _barrier(args.world_size)  # every process has written its part (rng_state_K.pth) of checkpoint-N
         if state.is_world_process_zero:
             self.publish(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
-        _barrier()
+        _barrier(args.world_size)
 
     def publish(self, written: Path, step: int) -> Path:
         run = self.run
@@ -287,10 +288,16 @@ def train_in_run(trainer, run: SupervisedRun, train):
     """``train(resume_from)`` (the caller's ``trainer.train`` with its display) inside ``run``:
     publishing callback, Ctrl-C handling, damaged-checkpoint message. Raises KeyboardInterrupt after
     a Ctrl-C save, so the caller writes no final output."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and trainer.args.world_size != launched:
+        # transformers sets up no distributed run on a machine without an accelerator unless told to
+        # use the CPU: every process would train alone and write the same folders
+        raise ConfigError(f"{launched} processes were launched but the trainer sees {trainer.args.world_size}: "
+                          "on CPU pass train.trainer_args.use_cpu=true (gloo data parallel)")
     cb = RunCallback(run)
     trainer.add_callback(cb)
     start_run(run, trainer.args.process_index == 0)
-    _barrier()
+    _barrier(trainer.args.world_size)
     previous = cb.sigint_handler(trainer.args.world_size)
     try:
         resume = str(run.resume_from) if run.resume_from else None

@@ -263,3 +263,22 @@ def test_report_to_checks_what_is_installed_and_reaches_the_trainer(tiny_model_d
 def test_tensorboard_logs_go_to_the_run_folder(sft_policy_dir):
     assert list((run_dir_of(sft_policy_dir) / "runs").rglob("events.out.tfevents.*"))
     assert not (Path(sft_policy_dir) / "runs").exists()  # the policy folder holds the model only
+
+
+def test_two_process_sft_publishes_checkpoints_holding_every_rank_state(tiny_model_dir, sample_file, tmp_path):
+    """torchrun, gloo on CPU: every rank's RNG state is in a checkpoint before it is published."""
+    import subprocess
+
+    out = tmp_path / "p"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           "-m", "seq2seq_rm.cli", "sft", "--model", tiny_model_dir, "--data", sample_file, "--out", str(out),
+           "limit=32", "train.batch_size=4", "train.save_steps=2", "train.save_total_limit=9",
+           "train.trainer_args.use_cpu=true"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _steps(out) == [2, 4]  # 32 rows / (2 processes x 4) per step
+    for ckpt in published_checkpoints(run_dir_of(out)):
+        assert (ckpt / "rng_state_0.pth").is_file() and (ckpt / "rng_state_1.pth").is_file()
+    assert not list(run_dir_of(out).glob("checkpoint-*")) and (out / "sft.json").is_file()
