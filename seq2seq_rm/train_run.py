@@ -300,9 +300,12 @@ def train_in_run(trainer, run: SupervisedRun, train):
     _barrier(trainer.args.world_size)
     previous = cb.sigint_handler(trainer.args.world_size)
     try:
+        from .models.loading import quiet_progress
+
         resume = str(run.resume_from) if run.resume_from else None
         try:
-            result = train(resume)
+            with quiet_progress():  # no "Writing model shards" bar per checkpoint under the training bar
+                result = train(resume)
         except (KeyboardInterrupt, Seq2SeqRMError, ConfigError):
             raise
         except Exception as e:
