@@ -101,6 +101,9 @@ def _config_flags(p: argparse.ArgumentParser, which: str, training: bool = True)
         g.add_argument("--seed", type=int, help=f"train.seed (default {d.seed})")
     p.add_argument("--config", help=f"YAML file with options (see `seq2seq-rm options {which}`; default: none)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier output of this command")
+    if training:
+        p.add_argument("--resume", action="store_true", default=None,
+                       help="continue the run in OUT.run/ from its newest checkpoint")
     p.epilog = f"Any option as key=value, anywhere among the flags (see `seq2seq-rm options {which}`)."
 
 
@@ -336,8 +339,8 @@ def cmd_rm_train(a) -> None:
     from .rewards.train import train_reward_model
 
     flags = {"kind": a.kind, "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
-             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, "columns": _columns(a),
-             **_train_flags(a)}
+             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, "resume": a.resume,
+             "columns": _columns(a), **_train_flags(a)}
     train_reward_model(load_config(RMTrainConfig, a.config, a.overrides, flags))
 
 
@@ -346,7 +349,7 @@ def cmd_sft(a) -> None:
     from .sft import SFTRunConfig, train_sft
 
     flags = {"model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
-             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite,
+             "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, "resume": a.resume,
              "response_field": a.response_field, "columns": _columns(a), **_train_flags(a)}
     train_sft(load_config(SFTRunConfig, a.config, a.overrides, flags))
 

@@ -198,6 +198,22 @@ class TrainOptions(Options):
     group_by_length: bool = opt(
         True, "batch examples of similar length together (less padding: much faster when lengths vary)")
     lora: LoraOptions = opt(LoraOptions(), "LoRA options")
+    # Run folder, logging and pass-through (seq2seq_rm/train_run.py, training.trainer_kwargs)
+    save_steps: int = opt(500, "checkpoint every N optimisation steps and at the end, into OUT.run/checkpoints/ "
+                               "(0: only on Ctrl-C); --resume continues from the newest", ge=0)
+    save_total_limit: int = opt(2, "checkpoints kept in OUT.run/checkpoints/ (the newest)", ge=1)
+    report_to: str | list = opt(
+        "tensorboard", "where training metrics go: tensorboard | wandb | trackio | none, or a list of them "
+                       "(each imported only when chosen; it must be installed)")
+    trainer_args: dict = opt(
+        {}, "more TrainingArguments / TRL SFTConfig or RewardConfig fields, passed through to the trainer "
+            "(train.trainer_args.max_grad_norm=0.5, train.trainer_args.deepspeed=ds.json, ...fsdp=...); "
+            "the ones the toolkit sets itself are refused with the option to use instead")
+
+    def check(self) -> None:
+        from .training import check_report_to
+
+        check_report_to(self.report_to)  # trainer_args: checked by each stage, which knows its TRL config
 
 
 @dataclass
@@ -243,8 +259,9 @@ class RMTrainConfig(Options):
     strict_data: bool = opt(False, "turn skipped rows (any problem of one row: malformed, missing field, wrong type, "
                                    "bad label, empty, identical pair) into errors")
     limit: int | None = opt(None, "use only the first N preference pairs", ge=1)
-    out: str = opt("", "output folder (written atomically)")
-    overwrite: bool = opt(False, "replace an earlier reward model at `out`")
+    out: str = opt("", "output folder (written atomically); checkpoints and logs go to OUT.run/ beside it")
+    overwrite: bool = opt(False, "replace an earlier reward model at `out` and its run folder OUT.run/")
+    resume: bool = opt(False, "continue the run in OUT.run/ from its newest checkpoint")
     trust_remote_code: bool = opt(False, "allow custom model code from the model folder / hub")
     train: TrainOptions = opt(TrainOptions(), "optimisation options")
     template: TemplateConfig = opt(TemplateConfig(), "input layout")
@@ -253,6 +270,18 @@ class RMTrainConfig(Options):
 
     def check(self) -> None:
         check_columns_option(self.columns)
+        check_resume_option(self)
+        if self.train.trainer_args:
+            from .training import check_trainer_args
+
+            check_trainer_args(self.train.trainer_args, "SFTConfig" if self.kind == "seq2seq" else "RewardConfig",
+                               self.train)
+
+
+def check_resume_option(cfg) -> None:
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume and overwrite contradict each other: resume continues the run in OUT.run/, "
+                          "overwrite replaces it")
 
 
 # --------------------------------------------------------------------------------------

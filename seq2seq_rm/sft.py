@@ -38,7 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import Options, TemplateConfig, TrainOptions, check_columns_option, opt, to_dict
+from .config import (
+    Options,
+    TemplateConfig,
+    TrainOptions,
+    check_columns_option,
+    check_resume_option,
+    opt,
+    to_dict,
+)
 from .data.records import PreferenceRecord, PromptRecord, TextRecord
 from .data.templates import encode_response, encode_text, render_prompt, resolve_style
 from .errors import ConfigError, DataError, Seq2SeqRMError
@@ -69,8 +77,9 @@ class SFTRunConfig(Options):
     pku_preference: Literal["better", "safer"] = opt("better", "PKU-SafeRLHF: which label defines chosen")
     pku_drop_both_unsafe: bool = opt(
         False, "PKU-SafeRLHF: drop pairs whose two responses are both labelled unsafe (counted as skipped)")
-    out: str = opt("", "output folder (written atomically)")
-    overwrite: bool = opt(False, "replace an earlier SFT policy at `out`")
+    out: str = opt("", "output folder (written atomically); checkpoints and logs go to OUT.run/ beside it")
+    overwrite: bool = opt(False, "replace an earlier SFT policy at `out` and its run folder OUT.run/")
+    resume: bool = opt(False, "continue the run in OUT.run/ from its newest checkpoint")
     limit: int | None = opt(None, "use only the first N usable rows", ge=1)
     response_field: Literal["auto", "response", "chosen"] = opt(
         "auto", "training target: response | chosen (preference rows) | auto (response if the rows have it)"
@@ -92,6 +101,11 @@ class SFTRunConfig(Options):
                 + (f" (did you mean {hint[0]!r}?)" if hint else "") + f": {adapters.sft_formats_text()}"
             )
         check_columns_option(self.columns)
+        check_resume_option(self)
+        if self.train.trainer_args:
+            from .training import check_trainer_args
+
+            check_trainer_args(self.train.trainer_args, "SFTConfig", self.train)
 
 
 @dataclass
@@ -196,22 +210,29 @@ def load_sft_records(cfg: SFTRunConfig):
     return records, report, field, fmt
 
 
-def _check(cfg: SFTRunConfig) -> None:
+def _check(cfg: SFTRunConfig):
+    """Required options, the output folder and the run folder (``--resume``: the checkpoint's
+    options), before any work; returns the run (train_run.SupervisedRun)."""
+    from .train_run import open_run
+
     for name in ("model", "data", "out"):
         if not getattr(cfg, name):
             raise ConfigError(f"--{name} is required")
-    check_output_dir(cfg.out, "sft", cfg.overwrite, inputs=[cfg.data, cfg.model])
+    check_output_dir(cfg.out, "sft", cfg.overwrite or cfg.resume, inputs=[cfg.data, cfg.model])
+    return open_run(cfg, "sft")
 
 
 def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
     """TRL's SFTTrainer on our own tokenisation (loss on ``R(y)`` only); returns ``(trainer, stats)``."""
     from datasets import Dataset
+    from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
     from .models.loading import ensure_pad_token, load_causal_lm
     from .models.lora import apply_lora
 
     opts, lora = cfg.train, cfg.train.lora
+    set_seed(opts.seed)  # LoRA adapters are initialised at random before the Trainer seeds itself
     model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     ensure_pad_token(tokenizer, model)
     examples, stats = build_sft_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
@@ -227,7 +248,7 @@ def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
 
 def train_sft(cfg: SFTRunConfig) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data`` (loss on response tokens) and write it to ``cfg.out``."""
-    _check(cfg)
+    run = _check(cfg)
     from .data.adapters import SFT_LOSS_ON
     from .models.loading import load_tokenizer
 
@@ -244,10 +265,10 @@ def train_sft(cfg: SFTRunConfig) -> Path:
             if gen.eos_token_id is None:
                 gen.eos_token_id = tokenizer.eos_token_id
 
-    with atomic_dir(out, replace=cfg.overwrite) as tmp:
-        trainer, stats = build_sft_trainer(cfg, records, tokenizer, tmp)
+    with atomic_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:
+        trainer, stats = build_sft_trainer(cfg, records, tokenizer, run.dir)
         meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, stop_where_sft_put_eos,
-                              desc="sft")
+                              desc="sft", run=run)
         atomic_write_json(tmp / SFT_META_FILE, {
             "kind": "sft",
             "template": to_dict(cfg.template),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainOptions
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,19 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         seed=opts.seed,
         data_seed=opts.seed,
         logging_steps=opts.logging_steps,
-        save_strategy="no",
+        # checkpoints: the Trainer writes them into OUT.run/, train_run.RunCallback publishes and rotates them
+        save_strategy="steps" if opts.save_steps else "no",
+        **({"save_steps": opts.save_steps} if opts.save_steps else {}),
+        save_total_limit=None,
         gradient_checkpointing=False,  # TRL turns it on by default; it only slows small models down
-        report_to=["tensorboard"],
+        report_to=report_to_list(opts.report_to),
         max_length=None,  # we truncate ourselves, by an explicit policy, before the trainer sees data
         dataloader_num_workers=0,
         # similar lengths in one batch: less padding (transformers 5 names it a sampling strategy)
         train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
         length_column_name="length",
         disable_tqdm=True,  # TrainProgress is the one progress display (see the module docstring)
+        **opts.trainer_args,  # checked by check_trainer_args: none of the keys above
     )
 
 
@@ -178,13 +183,21 @@ def _console_loggers() -> list[logging.Logger]:
         for h in lg.handlers)]
 
 
-def run_trainer(trainer, desc: str = "training"):
-    """``trainer.train()`` with one progress display, log lines printed above the bar, never on it."""
+def run_trainer(trainer, desc: str = "training", run=None):
+    """``trainer.train()`` with one progress display, log lines printed above the bar, never on it.
+
+    ``run`` (a ``train_run.SupervisedRun``): train inside its run folder (atomic checkpoints,
+    ``--resume`` from its checkpoint, Ctrl-C saves and stops)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     use_progress(trainer, desc)
     with logging_redirect_tqdm(loggers=_console_loggers()):
-        return trainer.train()
+        if run is None:
+            return trainer.train()
+        from .train_run import check_examples, train_in_run
+
+        check_examples(run, trainer.train_dataset)
+        return train_in_run(trainer, run, lambda resume: trainer.train(resume_from_checkpoint=resume))
 
 
 @contextlib.contextmanager
@@ -204,7 +217,7 @@ def no_dataset_bars():
 
 
 def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path, report, source: str,
-                   prepare_model=None, desc: str = "training") -> dict:
+                   prepare_model=None, desc: str = "training", run=None) -> dict:
     """Run a TRL trainer, save model (LoRA merged) + tokenizer to ``out_dir``, and return the
     metadata every supervised stage records: data report, length-policy counts, loss curve."""
     import time
@@ -219,7 +232,7 @@ def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path,
             "length policy %s at max_length=%d: %d examples truncated, %d skipped",
             opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
         )
-    result = run_trainer(trainer, desc)
+    result = run_trainer(trainer, desc, run)
     model = merge_lora(trainer.model) if opts.lora.enabled else trainer.model
     if prepare_model is not None:
         prepare_model(model)
@@ -238,4 +251,109 @@ def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path,
         "loss_curve": [[h["step"], h["loss"]] for h in history],
         "train_loss": result.training_loss,
         "seconds": round(time.time() - t0, 1),
+        **({"run": str(run.dir), "resumed_from": str(run.resume_from) if run.resume_from else None} if run else {}),
     }
+
+
+# ------------------------------------------------------------------ report_to and trainer_args
+REPORT_TO = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",), "none": ()}
+
+
+def report_to_list(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def check_report_to(value) -> None:
+    """``report_to``: known names, ``none`` alone, each chosen integration installed (checked with
+    find_spec: nothing is imported until the Trainer starts). Errors name the option relative to
+    its group (the config loader adds ``train.``)."""
+    import importlib.util
+
+    names = report_to_list(value)
+    for name in names:
+        if name not in REPORT_TO:
+            import difflib
+
+            hint = difflib.get_close_matches(str(name), list(REPORT_TO), n=1)
+            raise ConfigError(f"report_to: {name!r} is not one of {', '.join(REPORT_TO)}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        modules = REPORT_TO[name]
+        if modules and not any(importlib.util.find_spec(m) is not None for m in modules):
+            raise ConfigError(f"report_to={name} needs the {modules[0]} package, which is not installed here: "
+                              f"pip install {modules[0]} (or choose another of {', '.join(REPORT_TO)})")
+    if not names or ("none" in names and len(names) > 1):
+        raise ConfigError(f"report_to: give none alone, or one or more of tensorboard, wandb, trackio; not {value!r}")
+
+
+_NO_EVAL = "the supervised stages train without an evaluation set; evaluate the output with `rm eval` or `eval`"
+_OWN_DATA = ("the toolkit tokenises the data itself (layout rule, length policy); use the data, columns, template "
+             "and train.* options")
+# TrainingArguments / TRL config fields the toolkit sets itself, and what to use instead.
+OWNED_TRAINER_ARGS = {
+    "output_dir": "--out (checkpoints and logs go to OUT.run/ beside it)",
+    "num_train_epochs": "train.epochs", "learning_rate": "train.lr", "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum", "weight_decay": "train.weight_decay",
+    "warmup_steps": "train.warmup_ratio", "lr_scheduler_type": "train.scheduler", "bf16": "train.bf16",
+    "seed": "train.seed", "data_seed": "train.seed", "logging_steps": "train.logging_steps",
+    "save_strategy": "train.save_steps (0: no periodic checkpoints)", "save_steps": "train.save_steps",
+    "save_total_limit": "train.save_total_limit", "report_to": "train.report_to",
+    "resume_from_checkpoint": "--resume (resume=true)", "max_length": "train.max_length",
+    "truncation_mode": "train.truncation", "train_sampling_strategy": "train.group_by_length",
+    "length_column_name": "train.group_by_length", "gradient_checkpointing": "train.gradient_checkpointing",
+    "trust_remote_code": "trust_remote_code", "model_init_kwargs": "the model options (the toolkit loads the model)",
+    "disable_tqdm": "nothing: the toolkit shows one progress display of its own",
+    "save_only_model": "nothing: --resume needs the optimizer, scheduler and RNG state in every checkpoint",
+    "save_on_each_node": "nothing: process 0 publishes checkpoints into OUT.run/ (on a shared file system)",
+    "push_to_hub": "nothing: upload the finished output folder yourself (e.g. `hf upload`)",
+    "remove_unused_columns": f"nothing: {_OWN_DATA}",
+    **{k: f"nothing: {_OWN_DATA}" for k in (
+        "completion_only_loss", "assistant_only_loss", "dataset_text_field", "dataset_kwargs", "dataset_num_proc",
+        "eos_token", "pad_token", "chat_template_path", "shuffle_dataset", "packing", "packing_strategy",
+        "padding_free", "eval_packing")},
+    **{k: f"nothing: {_NO_EVAL}" for k in (
+        "eval_strategy", "eval_steps", "do_eval", "do_predict", "do_train", "per_device_eval_batch_size",
+        "eval_accumulation_steps", "eval_delay", "eval_do_concat_batches", "eval_on_start", "eval_use_gather_object",
+        "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "prediction_loss_only",
+        "batch_eval_metrics", "include_for_metrics", "fp16_full_eval", "bf16_full_eval")},
+    "local_rank": "nothing: the launcher (torchrun, accelerate launch) sets it",
+}
+
+
+def _trl_config(name: str):
+    import trl
+
+    return getattr(trl, name)
+
+
+def check_trainer_args(args: dict, config_name: str, opts: TrainOptions | None = None, where: str = "train.") -> None:
+    """``trainer_args`` of the options group ``where`` for TRL's ``config_name`` (``SFTConfig`` /
+    ``RewardConfig``): refuse keys the toolkit sets itself (naming the option to use), unknown keys
+    (with close matches), DeepSpeed when it is not installed, and bad values: the TRL config is
+    built with them, as the stage will build it, so what it refuses stops here, before any work."""
+    import dataclasses
+    import difflib
+    import importlib.util
+
+    name = f"{where}trainer_args"
+    for key in args:
+        if key in OWNED_TRAINER_ARGS or key.startswith("hub_"):
+            instead = OWNED_TRAINER_ARGS.get(key, OWNED_TRAINER_ARGS["push_to_hub"]).replace("train.", where)
+            if instead.startswith("nothing: "):
+                raise ConfigError(f"{name}.{key} is not accepted: {instead.removeprefix('nothing: ')}")
+            raise ConfigError(f"{name}.{key} is set by seq2seq-rm itself; use {instead}")
+    if "deepspeed" in args and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"{name}.deepspeed needs the deepspeed package, which is not installed here: "
+                          "pip install --no-build-isolation deepspeed (or drop the option)")
+    if not args:
+        return
+    cls = _trl_config(config_name)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in args:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=3)
+            raise ConfigError(f"unknown option {name}.{key}: not a field of TRL's {config_name}"
+                              + (f"; did you mean {', '.join(hint)}?" if hint else ""))
+    try:
+        cls(**trainer_kwargs(opts or TrainOptions(), Path("OUT.run")) | args)
+    except Exception as e:  # noqa: BLE001 - whatever the TrainingArguments checks raise
+        raise ConfigError(f"{name}: TRL's {config_name} refuses them: {type(e).__name__}: {e}") from None

@@ -102,6 +102,12 @@ class ExperimentConfig(Options):
                 raise ConfigError(f"sft_rows.{task} must be an integer >= 1, got {n!r}")
         if not isinstance(self.sft_rows, dict) and self.sft_rows < 1:
             raise ConfigError(f"sft_rows must be >= 1, got {self.sft_rows}")
+        from ..training import check_trainer_args
+
+        for group, trl_configs in (("sft", ("SFTConfig",)), ("rm", ("SFTConfig", "RewardConfig"))):
+            opts = getattr(self, group)
+            for trl_config in trl_configs if opts.trainer_args else ():  # the rm group trains both kinds
+                check_trainer_args(opts.trainer_args, trl_config, opts, where=f"{group}.")
         default = PPOConfig()
         for name in PPO_SET_PER_ARM:
             if getattr(self.ppo, name) != getattr(default, name):

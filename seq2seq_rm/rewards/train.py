@@ -25,21 +25,30 @@ from .base import META_FILE
 log = logging.getLogger(__name__)
 
 
-def _check(cfg: RMTrainConfig) -> None:
+def _check(cfg: RMTrainConfig):
+    """Required options, the output folder and the run folder (``--resume``: the checkpoint's
+    options), before any work; returns the run (train_run.SupervisedRun)."""
+    from ..train_run import open_run
+
     for name in ("model", "data", "out"):
         if not getattr(cfg, name):
             raise ConfigError(f"--{name} is required")
-    check_output_dir(cfg.out, "reward-model", cfg.overwrite, inputs=[cfg.data, cfg.model])
+    check_output_dir(cfg.out, "reward-model", cfg.overwrite or cfg.resume, inputs=[cfg.data, cfg.model])
+    return open_run(cfg, "reward-model")
 
 
 def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
     """The TRL trainer for ``cfg.kind`` on our own tokenisation; returns ``(trainer, example_stats)``."""
     from datasets import Dataset
+    from transformers import set_seed
 
     from ..models.loading import ensure_pad_token, load_causal_lm, load_sequence_classifier
     from ..models.lora import apply_lora
 
     opts, lora = cfg.train, cfg.train.lora
+    # train.seed also fixes what is drawn before the Trainer seeds itself: the scalar head and LoRA
+    # adapters are initialised at random (without this two runs differ, and so would a resumed one)
+    set_seed(opts.seed)
     if cfg.kind == "seq2seq":
         from trl import SFTConfig, SFTTrainer
 
@@ -76,7 +85,7 @@ def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
 
 def train_reward_model(cfg: RMTrainConfig) -> Path:
     """Train the RM described by ``cfg`` and write it to ``cfg.out``. Returns the folder."""
-    _check(cfg)
+    run = _check(cfg)
     from ..data.loading import load_preferences
     from ..models.loading import load_tokenizer
     records, report = load_preferences(
@@ -87,9 +96,9 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     log.info(report.summary())
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     out = Path(cfg.out)
-    with atomic_dir(out, replace=cfg.overwrite) as tmp:
-        trainer, stats = build_trainer(cfg, records, tokenizer, tmp)
-        meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data)
+    with atomic_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:
+        trainer, stats = build_trainer(cfg, records, tokenizer, run.dir)
+        meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, run=run)
         atomic_write_json(tmp / META_FILE, {
             "kind": cfg.kind,
             "template": to_dict(cfg.template),
