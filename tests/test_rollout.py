@@ -136,7 +136,7 @@ def test_make_engine():
     try:
         import vllm  # noqa: F401
     except ImportError:
-        with pytest.raises(Seq2SeqRMError, match="vllm is not installed; pip install vllm on a GPU machine"):
+        with pytest.raises(Seq2SeqRMError, match="engine=vllm needs vLLM"):
             make_engine("vllm", object(), object(), CHAT)
     with pytest.raises(ConfigError, match="hf, vllm"):
         make_engine("tgi", object(), object(), CHAT)

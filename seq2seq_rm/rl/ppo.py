@@ -42,7 +42,7 @@ from ..io import atomic_dir, atomic_write_json, clean_stale
 from ..layout import concat, response_logits, response_slice
 from ..outputs import META_FILES, check_output_dir, read_policy_template
 from . import losses as L
-from .rollout import SamplingConfig, step_seed
+from .rollout import SamplingConfig, VLLMOptions, check_vllm_options, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ class PPOConfig(Options):
     vf_coef: float = opt(1.0, "weight of the value loss (separate optimiser; scales its gradient)", gt=0)
     max_prompt_length: int = opt(256, "prompts longer than this (in tokens) are skipped and counted", ge=1)
     sampling: SamplingConfig = opt(SamplingConfig(), "rollout sampling")
-    engine: Literal["hf", "vllm"] = opt("hf", "generation engine (vllm is not wired into PPO yet: refused)")
+    engine: Literal["hf", "vllm"] = opt(
+        "hf", "rollout engine: hf (transformers generate on the actor itself) | vllm (vLLM, given the actor's "
+        "weights before every rollout; one training process)")
+    vllm: VLLMOptions = opt(VLLMOptions(), "vLLM engine options (engine=vllm)")
     bf16: bool = opt(False, "bf16 autocast for forward passes in training")
     actor_lora: LoraOptions = opt(LoraOptions(), "LoRA for the actor (merged into the saved policy)")
     critic_lora: LoraOptions = opt(LoraOptions(), "LoRA for the critic backbone")
@@ -116,8 +119,7 @@ class PPOConfig(Options):
             raise ConfigError("resume and overwrite contradict each other: resume continues the run in OUT.run/, "
                               "overwrite replaces it")
         if self.engine == "vllm":
-            raise ConfigError("engine=vllm is not wired into PPO yet: the engine would never receive the updated "
-                              "weights, so rollouts would silently come from the SFT policy; use engine=hf")
+            check_vllm_options(self.vllm)
 
 
 # Options a resumed run may change: bookkeeping, read afresh at every step.
@@ -170,6 +172,7 @@ class Batch:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    engine_logp: torch.Tensor | None = None
 
     def select(self, idx: torch.Tensor) -> Batch:
         def pick(x):
@@ -289,12 +292,28 @@ class PPOTrainer:
         self.sch_a, self.sch_c = (torch.optim.lr_scheduler.LambdaLR(o, warmup) for o in opts)
         self.actor, self.critic, self.opt_a, self.opt_c = self.acc.prepare(self._actor, self._critic, *opts)
         del self._actor, self._critic
-        self.engine = make_engine(cfg.engine, self.acc.unwrap_model(self.actor), self.tokenizer, self.template)
+        self.engine = make_engine(cfg.engine, self.acc.unwrap_model(self.actor), self.tokenizer, self.template,
+                                  vllm=self._vllm_options(), seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
         self.kl_ctl = (
             L.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
             if cfg.adaptive_kl else L.FixedKLController(cfg.kl_coef)
         )
         self.reward_stats = L.RunningMoments()
+
+    def _vllm_options(self) -> VLLMOptions:
+        """``cfg.vllm``, with the window defaulting to what PPO can use: the longest kept prompt
+        plus the longest response (prompts over ``max_prompt_length`` are skipped), capped by the
+        model's window. A small window keeps vLLM's KV cache small."""
+        from dataclasses import replace
+
+        from .rollout import model_window
+
+        o = self.cfg.vllm
+        if o.max_model_len is not None:
+            return o
+        need = self.cfg.max_prompt_length + self.cfg.sampling.max_new_tokens
+        window = model_window(self.acc.unwrap_model(self.actor))
+        return replace(o, max_model_len=min(need, window) if window else need)
 
     def _load_prompts(self) -> None:
         """The prompts, without empty ones and those longer than ``max_prompt_length`` (counted)."""
@@ -332,14 +351,21 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- hooks
     def rollout(self, step: int) -> Batch:
+        """Responses of the current actor. An engine with its own copy of the weights (vLLM)
+        gets the actor's current weights first, every step: after each update, and after a
+        resume, so no rollout comes from stale weights (a no-op for the HF engine)."""
         prompts = self.prompts_for_step(step)
         sampling = SamplingConfig(**{**to_dict(self.cfg.sampling),
                                      "seed": step_seed(self.cfg.seed, step, self.acc.process_index)})
         self.actor.eval()
+        self.engine.wake_up()
+        self.engine.update_weights(self.acc.unwrap_model(self.actor))
         r = self.engine.generate(prompts, sampling)
+        self.engine.sleep()  # vllm.enable_sleep_mode: free its memory while PPO trains
         return Batch(prompts=prompts, prompt_ids=r.prompt_ids.to(self.device), prompt_mask=r.prompt_mask.to(self.device),
                      response_ids=r.response_ids.to(self.device), response_mask=r.response_mask.to(self.device),
-                     texts=r.texts, finished=r.finished)
+                     texts=r.texts, finished=r.finished,
+                     engine_logp=None if r.logprobs is None else r.logprobs.to(self.device))
 
     @torch.no_grad()
     def rewards(self, b: Batch) -> None:
@@ -547,6 +573,12 @@ class PPOTrainer:
             "value_mean": L.masked_mean(b.values, b.response_mask),
             "advantage_abs": L.masked_mean(b.advantages.abs(), b.response_mask),
         }
+        if b.engine_logp is not None:
+            # The on-policy check of an engine with its own weights: how far its log-probs of the
+            # sampled tokens are from the actor's (~1e-6 in fp32; more under bf16 or with top_k/top_p,
+            # which the engine's sampling distribution includes and the actor's log-probs do not).
+            known = b.response_mask & torch.isfinite(b.engine_logp)  # NaN: a stop id vLLM did not return
+            local["engine_logp_gap"] = L.masked_mean(torch.where(known, (b.engine_logp - b.logp).abs(), 0.0), known)
         if self.rollout_metrics is not None:
             local.update({k: torch.tensor(float(v)) for k, v in self.rollout_metrics(b.prompts, b.texts).items()})
         stacked = torch.stack([v.float().to(self.device) for v in local.values()])

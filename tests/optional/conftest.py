@@ -1,16 +1,26 @@
-"""Optional tests that need more than the project's venv (marker ``vllm``: a vLLM server in
-``.venv-vllm``). Collected with the rest of ``tests/`` but skipped unless the marker is asked
-for: ``make test-vllm`` runs ``pytest tests/optional -m vllm``."""
+"""Optional tests that need more than the project's venv, each kind under its own marker:
+
+* ``vllm``: a vLLM *server* started from ``.venv-vllm``; pytest itself runs in ``.venv``.
+* ``vllm_engine``: vLLM's engine *in the test process*, so pytest must run under ``.venv-vllm``'s
+  python (vLLM pins its own torch and transformers; the project is installed there too).
+
+Collected with the rest of ``tests/`` but skipped unless their marker is asked for:
+``make test-vllm`` runs ``pytest tests/optional -m vllm`` in .venv and
+``pytest tests/optional -m vllm_engine`` in .venv-vllm."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+
+OPTIONAL = ("vllm", "vllm_engine")
 
 
 def pytest_collection_modifyitems(config, items):
-    if "vllm" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="optional vLLM test: run `make test-vllm` (pytest tests/optional -m vllm)")
+    asked = set(re.findall(r"\w+", config.getoption("markexpr") or ""))
     for item in items:
-        if item.get_closest_marker("vllm") is not None:
-            item.add_marker(skip)
+        for name in OPTIONAL:
+            if item.get_closest_marker(name) is not None and name not in asked:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"optional test (marker {name}): run `make test-vllm` (pytest tests/optional -m {name})"))
