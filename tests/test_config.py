@@ -74,7 +74,7 @@ def captured_experiment(monkeypatch):
     """Runs the CLI's demo/experiment commands up to the experiment itself, and records its config."""
     seen = {}
 
-    def fake_run(cfg, out, overwrite=False):
+    def fake_run(cfg, out, overwrite=False, resume=False):
         seen["cfg"], seen["out"], seen["overwrite"] = cfg, out, overwrite
         report = Path(out) / "report.json"  # what the CLI reads its closing headline from
         report.parent.mkdir(parents=True, exist_ok=True)

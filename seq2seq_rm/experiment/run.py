@@ -137,6 +137,12 @@ def _kept(path: Path, resume: bool, kind: str | None = None) -> bool:
     return True
 
 
+def _started(out: str | Path, resume: bool) -> bool:
+    """Whether a resumed experiment continues a stage that began but did not publish ``out``:
+    its run folder ``OUT.run/`` exists (the stage continues from its newest checkpoint)."""
+    return resume and Path(str(out) + ".run").is_dir()
+
+
 def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str], chosen_sft: str | None,
               resume: bool = False) -> str:
     """Base model (built from the corpus, or ``base_model``) and the SFT policy in ``d``; returns the
@@ -166,7 +172,8 @@ def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str]
     data = ref_file if cfg.sft_data == "reference" or chosen_sft is None else chosen_sft
     sft_dir = str(d / "sft")
     if not _kept(d / "sft", resume, "sft"):
-        train_sft(SFTRunConfig(model=base, data=data, out=sft_dir, train=_with_seed(cfg.sft, seed)))
+        train_sft(SFTRunConfig(model=base, data=data, out=sft_dir, train=_with_seed(cfg.sft, seed),
+                               resume=_started(sft_dir, resume)))
     clock.lap("base+sft")
     return sft_dir
 
@@ -235,7 +242,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         rm_dirs[kind] = str(d / f"rm-{kind}")
         if not _kept(d / f"rm-{kind}", resume, "reward-model"):
             train_reward_model(RMTrainConfig(kind=kind, model=sft_dir, data=files["pairs"], out=rm_dirs[kind],
-                                             train=_with_seed(cfg.rm, seed), extraction=cfg.extraction))
+                                             train=_with_seed(cfg.rm, seed), extraction=cfg.extraction,
+                                             resume=_started(rm_dirs[kind], resume)))
         rm = load_reward_model(rm_dirs[kind])
         run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs) for labels, recs in test_sets.items()}
         clock.lap(f"rm-{kind}")
@@ -246,7 +254,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         extraction = cfg.arm_extraction(overrides) if kind == "seq2seq" else None
         pcfg = replace(cfg.ppo, policy=sft_dir, rm=rm_dirs[kind], prompts=files["ppo_prompts"], out=str(out_dir),
                        seed=seed, extraction=extraction,
-                       resume=resume and Path(str(out_dir) + ".run").is_dir())
+                       resume=_started(out_dir, resume))
         if not _kept(out_dir, resume, "ppo-policy"):
             PPOTrainer(pcfg, rollout_metrics=rollout_metrics_fn(ppo_rows)).train()
         run.ppo_runs[arm] = str(out_dir) + ".run"
