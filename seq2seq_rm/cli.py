@@ -544,7 +544,9 @@ def _run_experiment(a, preset: dict, flags: dict) -> None:
 
 
 def cmd_demo(a) -> None:
-    _run_experiment(a, preset={}, flags={"seeds": None if a.seed is None else [a.seed]})
+    from .experiment import DEMO_PRESET
+
+    _run_experiment(a, preset=DEMO_PRESET, flags={"seeds": None if a.seed is None else [a.seed]})
 
 
 def cmd_experiment(a) -> None:

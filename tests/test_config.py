@@ -66,7 +66,7 @@ def test_a_yaml_group_keeps_the_defaults_it_does_not_mention(tmp_path):
     f.write_text(yaml.safe_dump({"sft": {"epochs": 1}, "ppo": {"steps": 2}}))
     cfg = load_config(ExperimentConfig, f)
     assert cfg.sft.epochs == 1 and cfg.sft.lr == ExperimentConfig().sft.lr == 3e-3  # not TrainOptions' 3e-4
-    assert cfg.ppo.steps == 2 and cfg.ppo.actor_lr == ExperimentConfig().ppo.actor_lr == 1e-4
+    assert cfg.ppo.steps == 2 and cfg.ppo.actor_lr == ExperimentConfig().ppo.actor_lr == 2e-4
 
 
 @pytest.fixture
@@ -91,6 +91,15 @@ def test_demo_and_experiment_flags_beat_the_yaml(captured_experiment, tmp_path):
     f.write_text(yaml.safe_dump({"seeds": [1], "ablation": [{"magnitude": "prob"}]}))
     assert main(["demo", "--config", str(f), "--seed", "5", "--out", str(tmp_path / "d")]) == 0
     assert captured_experiment["cfg"].seeds == [5]  # the flag wins over the YAML
+    demo = captured_experiment["cfg"]  # the demo's preset: the experiment's stages, small and short
+    assert demo.size == "tiny" and demo.sft_rows == 400 and demo.ppo.steps == 40 and demo.ppo.actor_lr == 1e-4
+    assert demo.sft.batch_size == 16 and demo.ppo.sampling.temperature == 1.0  # what the preset leaves alone
+    f.write_text(yaml.safe_dump({"seeds": [1], "ablation": [{"magnitude": "prob"}], "size": "mini"}))
+    assert main(["demo", "--config", str(f), "--out", str(tmp_path / "d")]) == 0
+    assert captured_experiment["cfg"].size == "mini"  # the YAML wins over the demo's preset
+    assert main(["experiment", "--config", str(f), "--out", str(tmp_path / "e")]) == 0
+    exp = captured_experiment["cfg"]
+    assert exp.sft_rows == {"safety": 600, "summarize": 2000, "instruct": 1000} and exp.ppo.steps == 160
     assert main(["experiment", "--config", str(f), "--out", str(tmp_path / "e")]) == 0
     assert captured_experiment["cfg"].seeds == [1]  # the YAML wins over the command's preset (0, 1, 2)
     assert captured_experiment["cfg"].ablation == [{"magnitude": "prob"}]
@@ -121,7 +130,7 @@ def test_options_prints_allowed_values_and_defaults(capsys):
     assert "[> 0]" in next(ln for ln in out.splitlines() if ln.startswith("train.lr "))
     assert main(["options", "experiment"]) == 0
     out = capsys.readouterr().out
-    assert "ppo.actor_lr" in out and "0.0001" in out and "ppo.policy" not in out  # set per arm, not an option
+    assert "ppo.actor_lr" in out and "0.0002" in out and "ppo.policy" not in out  # set per arm, not an option
 
 
 def test_split_and_subset_reach_the_loaders(tmp_path, sample_rows):

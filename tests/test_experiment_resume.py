@@ -11,7 +11,7 @@ import seq2seq_rm.sft as sft
 from seq2seq_rm.cli import main
 from seq2seq_rm.rl.ppo import PPOTrainer
 
-ARGS = ["--seeds", "1", "tasks=[instruct]", "train_pairs=8", "sft_rows=8", "ppo_prompts=8", "test_prompts=2",
+ARGS = ["--seeds", "1", "size=tiny", "tasks=[instruct]", "train_pairs=8", "sft_rows=8", "ppo_prompts=8", "test_prompts=2",
         "ood_prompts=2", "sft.epochs=1", "rm.epochs=1", "ppo.steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2",
         "ppo.sampling.max_new_tokens=6", "eval_max_new_tokens=6", "n_boot=200", "ablation=[]"]
 

@@ -10,7 +10,7 @@ from seq2seq_rm.cli import main
 def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
     out = tmp_path / "exp"
     code = main([
-        "experiment", "--out", str(out), "--seeds", "2",
+        "experiment", "--out", str(out), "--seeds", "2", "size=tiny",
         "train_pairs=10", "sft_rows=8", "ppo_prompts=8", "test_prompts=3", "ood_prompts=3",
         "sft.epochs=1", "rm.epochs=1", "ppo.steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2",
         "ppo.sampling.max_new_tokens=8", "eval_max_new_tokens=8", "n_boot=200", "ablation=[{rematch: positive}]",

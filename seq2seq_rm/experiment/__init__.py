@@ -2,7 +2,7 @@
 ``config.py`` (options), ``run.py`` (stages per seed), ``evaluate.py`` (oracle judgements),
 ``report.py`` (report.html, report.md, plots)."""
 
-from .config import DEFAULT_ABLATION, ExperimentConfig
+from .config import DEFAULT_ABLATION, DEMO_PRESET, ExperimentConfig
 from .run import run_experiment
 
-__all__ = ["DEFAULT_ABLATION", "ExperimentConfig", "run_experiment"]
+__all__ = ["DEFAULT_ABLATION", "DEMO_PRESET", "ExperimentConfig", "run_experiment"]
