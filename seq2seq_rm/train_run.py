@@ -124,6 +124,7 @@ class SupervisedRun:
     resume_from: Path | None = None
     resume_marker: dict | None = None
     fingerprint: str | None = None
+    replace_earlier: bool = False  # --overwrite of an earlier run of ours (checked by open_run)
 
     @property
     def checkpoints(self) -> Path:
@@ -145,6 +146,7 @@ def open_run(cfg, kind: str) -> SupervisedRun:
     if busy and not (d / "config.json").is_file():
         raise ConfigError(f"{d} is not a seq2seq-rm run folder (no config.json); not touching it: give another --out")
     if not cfg.resume:
+        run.replace_earlier = busy
         return run
     clean_stale(run.checkpoints)
     done = published_checkpoints(d)
@@ -202,7 +204,7 @@ def start_run(run: SupervisedRun, is_main: bool = True) -> None:
     remove killed saves, record the options in force."""
     if not is_main:
         return
-    if run.dir.is_dir() and not run.config.get("resume"):
+    if run.replace_earlier and run.dir.is_dir():
         shutil.rmtree(run.dir)  # open_run allowed it: an earlier run of ours, with --overwrite
         log.info("removed the earlier run in %s (--overwrite)", run.dir)
     run.dir.mkdir(parents=True, exist_ok=True)

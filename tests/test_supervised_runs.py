@@ -178,6 +178,9 @@ def test_damaged_checkpoint_and_foreign_run_folders_are_reported_by_name(tiny_mo
     with pytest.raises(ConfigError, match="not a seq2seq-rm run folder"):
         train_sft(SFTRunConfig(**{**cfg.__dict__, "out": str(tmp_path / "q"), "overwrite": True}))
     assert (foreign / "notes.txt").read_text() == "mine"
+    # --overwrite replaces our own earlier run: its damaged checkpoint is gone, the new run's are there
+    train_sft(SFTRunConfig(**{**cfg.__dict__, "overwrite": True}))
+    assert all((c / "optimizer.pt").is_file() for c in published_checkpoints(run_dir_of(cfg.out)))
 
 
 # ------------------------------------------------------------------------------------ trainer_args
