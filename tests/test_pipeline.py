@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from seq2seq_rm.cli import main
 
 
@@ -19,6 +21,7 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out  # the run ends with its headline numbers on the terminal
     assert "Headline" in printed and "test seq2seq vs scalar" in printed and "N=18" in printed
+    assert "SFT quality / reference quality (test): instruct" in printed
     report = json.loads((out / "report.json").read_text())
     assert report["arms"] == ["sft", "scalar", "seq2seq", "seq2seq[rematch=positive]"]
     assert report["seeds"] == [0, 1] and report["commit"]
@@ -37,6 +40,11 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
         assert set(arms["seq2seq"]["quality"]) == {"safety", "summarize", "instruct"}
         assert arms["seq2seq"]["n"] == 9 and set(arms["seq2seq"]["by_seed"]) == {"0", "1"}
         assert set(arms["sft"]["refusal"]) <= {"benign", "risky_benign", "hazardous"}
+        # the tasks' reference responses are what SFT is measured against: the oracle's ideal answers
+        ref = report["splits"][split]["reference"]["quality"]
+        assert set(ref) == {"safety", "summarize", "instruct"} and all(v == pytest.approx(1.0) for v in ref.values())
+        share = report["splits"][split]["sft_share_of_reference"]
+        assert share == pytest.approx({t: arms["sft"]["quality"][t] / ref[t] for t in ref})
     for seed in ("0", "1"):
         for kind in ("scalar", "seq2seq"):
             rm = report["rm_eval"][seed][kind]

@@ -83,8 +83,26 @@ def evaluate_runs(cfg: ExperimentConfig, runs: list) -> dict:
             empty = sum(m["empty"] for m in per_seed.values())
             if empty:
                 result["warnings"].append(f"{arm} ({split}): {empty} empty responses")
+        # The tasks' own reference responses to the same prompts: what SFT is measured against.
+        per_seed = {r.seed: arm_metrics(reference_rows(r.prompts[split], tasks), info, tasks) for r in runs}
+        split_res["reference"] = _mean_over_seeds(per_seed)
+        if "sft" in split_res["arms"]:
+            ref, sft = split_res["reference"]["quality"], split_res["arms"]["sft"]["quality"]
+            split_res["sft_share_of_reference"] = {t: (sft[t] / ref[t] if ref.get(t) else None) for t in sft}
         result["splits"][split] = split_res
     return result
+
+
+def reference_rows(prompt_rows: list[dict], tasks: dict) -> list[dict]:
+    """``{"prompt", "response"}`` with each task's reference response (its oracle's ideal answer,
+    the SFT demonstrations' kind) to every prompt."""
+    from ..tasks.base import TaskExample
+
+    out = []
+    for row in prompt_rows:  # the rows carry the example's kind and meta (Task.prompt_rows)
+        ex = TaskExample(prompt=row["prompt"], kind=row["kind"], meta=row.get("meta") or {})
+        out.append({"prompt": row["prompt"], "response": tasks[row["task"]].reference(ex)})
+    return out
 
 
 def _mean_over_seeds(per_seed: dict) -> dict:

@@ -367,9 +367,16 @@ def write_report(results: dict, runs, out: Path) -> Path:
         rows = [[labels[arm], m["n"]] + [f"{_fmt(m['length'].get(t), digits=1)} (ideal "
                                          f"{_fmt(m['ideal_length'].get(t), digits=1)})" for t in tasks]
                 + [_fmt(m["quality"].get(t)) for t in tasks] for arm, m in res["arms"].items()]
+        if res.get("reference"):
+            m = res["reference"]
+            rows.append(["reference responses", m["n"]] + [f"{_fmt(m['length'].get(t), digits=1)}" for t in tasks]
+                        + [_fmt(m["quality"].get(t)) for t in tasks])
         parts.append(f"<h3>mean words (ideal) and mean oracle quality ({ESC(split)}, mean over seeds)</h3>"
                      + _table(["arm", "N per seed"] + [f"words: {t}" for t in tasks]
                               + [f"quality: {t}" for t in tasks], rows))
+        if res.get("sft_share_of_reference"):
+            parts.append("<p class='note'>SFT's oracle quality as a share of the reference responses': "
+                         + ESC(_shares(res["sft_share_of_reference"])) + "</p>")
     parts.append("<h2>Refusal-to-response</h2><img src='refusals.png' alt='refusal rates'>")
     for split, res in results["splits"].items():
         kinds = sorted({k for a in res["arms"].values() for k in a["refusal"]})
@@ -442,6 +449,14 @@ def markdown_summary(results: dict) -> str:
                             for t in tasks)
             rf = " | ".join(_fmt(m["refusal"].get(k), pct=True) for k in kinds)
             lines.append(f"| {arm} | {_fmt(m['n'], digits=0)} | {q} | {ln} | {rf} |")
+        if res.get("reference"):
+            m = res["reference"]
+            q = " | ".join(_fmt(m["quality"].get(t)) for t in tasks)
+            ln = " | ".join(_fmt(m["length"].get(t), digits=1) for t in tasks)
+            lines.append(f"| reference responses | {_fmt(m['n'], digits=0)} | {q} | {ln} |" + " |" * len(kinds))
+        if res.get("sft_share_of_reference"):
+            lines += ["", f"SFT's oracle quality as a share of the reference responses': "
+                          f"{_shares(res['sft_share_of_reference'])}"]
         lines.append("")
     lines += ["| seed | RM | accuracy vs oracle | accuracy vs annotator | N |", "|---|---|---|---|---|"]
     for seed, d in results["rm_eval"].items():
@@ -458,6 +473,10 @@ def markdown_summary(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shares(share: dict) -> str:
+    return ", ".join(f"{t} {_fmt(v)}" for t, v in sorted(share.items()))
+
+
 def headline(results: dict, html: Path | None = None) -> str:
     """The few numbers a run ends with on the terminal: the main comparisons on test and OOD
     prompts (win rate, 95% CI, W/T/L, N), the RMs' accuracy against the oracle, the warnings."""
@@ -468,6 +487,9 @@ def headline(results: dict, html: Path | None = None) -> str:
             if w:
                 lines.append(f"  {split:4s} {name:18s} {_fmt(w['win_rate'])} [{_fmt(w['ci_low'])}, {_fmt(w['ci_high'])}]"
                              f"  W/T/L {w['wins']}/{w['ties']}/{w['losses']}  N={w['n']}")
+    share = results["splits"].get("test", {}).get("sft_share_of_reference")
+    if share:
+        lines.append(f"  SFT quality / reference quality (test): {_shares(share)}")
     accs = {kind: [d[kind]["oracle"]["accuracy"] for d in results["rm_eval"].values()] for kind in ("scalar", "seq2seq")}
     lines.append("  RM accuracy vs the oracle on held-out pairs: "
                  + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in accs.items() if v))
