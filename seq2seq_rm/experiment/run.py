@@ -141,7 +141,8 @@ def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str]
     else:
         base = cfg.base_model
     data = ref_file if cfg.sft_data == "reference" or chosen_sft is None else chosen_sft
-    sft_dir = str(train_sft(SFTRunConfig(model=base, data=data, out=str(d / "sft"), train=_with_seed(cfg.sft, seed))))
+    sft_dir = str(train_sft(SFTRunConfig(model=base, data=data, out=str(d / "sft"), train=_with_seed(cfg.sft, seed),
+                                         dtype=cfg.dtype)))
     clock.lap("base+sft")
     return sft_dir
 
@@ -206,8 +207,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
     for kind in ("scalar", "seq2seq"):
         rm_dirs[kind] = str(train_reward_model(RMTrainConfig(
             kind=kind, model=sft_dir, data=files["pairs"], out=str(d / f"rm-{kind}"),
-            train=_with_seed(cfg.rm, seed), extraction=cfg.extraction)))
-        rm = load_reward_model(rm_dirs[kind])
+            train=_with_seed(cfg.rm, seed), extraction=cfg.extraction, dtype=cfg.dtype)))
+        rm = load_reward_model(rm_dirs[kind], dtype=cfg.dtype)
         run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs) for labels, recs in test_sets.items()}
         clock.lap(f"rm-{kind}")
 
@@ -216,7 +217,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         out_dir = d / f"ppo-{_slug(arm)}"
         extraction = cfg.arm_extraction(overrides) if kind == "seq2seq" else None
         pcfg = replace(cfg.ppo, policy=sft_dir, rm=rm_dirs[kind], prompts=files["ppo_prompts"], out=str(out_dir),
-                       seed=seed, extraction=extraction)
+                       seed=seed, extraction=extraction, dtype=cfg.dtype)
         PPOTrainer(pcfg, rollout_metrics=rollout_metrics_fn(ppo_rows)).train()
         run.ppo_runs[arm] = str(out_dir) + ".run"
         run.extraction[arm] = to_dict(extraction) if extraction is not None else None
@@ -228,7 +229,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         run.responses[arm] = {}
         for split in SPLITS:
             path = d / "responses" / f"{_slug(arm)}-{split}.jsonl"
-            generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32)
+            generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32, dtype=cfg.dtype)
             run.responses[arm][split] = [json.loads(x) for x in path.read_text().splitlines() if x]
     clock.lap("generate")
     return run
