@@ -42,8 +42,13 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
     train). float16 weights (LoRA on CUDA) train under float16 autocast with loss scaling
     (``fp16=True``: the Trainer's GradScaler), since float16 gradients underflow without it.
     """
+    import torch
+
     return dict(
         output_dir=str(out_dir),
+        # transformers refuses bf16 without a bf16 GPU unless told the run is on the CPU (where bf16
+        # autocast works); without this, train.bf16=true stopped with a ValueError on CPU machines.
+        use_cpu=opts.bf16 and not torch.cuda.is_available(),
         num_train_epochs=opts.epochs,
         learning_rate=opts.lr,
         per_device_train_batch_size=opts.batch_size,

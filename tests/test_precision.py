@@ -201,6 +201,23 @@ def test_sft_in_bf16_with_lora_records_the_dtype_and_checkpoints_activations(tin
     torch.testing.assert_close(merged, expected.detach(), rtol=0, atol=1e-7)
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_bf16_mixed_precision_trains_under_autocast_over_float32_weights(tiny_model_dir, tmp_path, bf16):
+    from seq2seq_rm.models.loading import load_tokenizer
+    from seq2seq_rm.sft import build_sft_trainer, load_sft_records
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": p, "response": "Sure, here it is."} for p in PROMPTS * 2])
+    cfg = SFTRunConfig(model=tiny_model_dir, data=data, out=str(tmp_path / "o"), train=train_options(batch_size=8,
+                                                                                                      bf16=bf16))
+    trainer, _ = build_sft_trainer(cfg, load_sft_records(cfg)[0], load_tokenizer(tiny_model_dir), tmp_path / "o")
+    seen = []
+    layer = trainer.model.model.layers[0].mlp.down_proj
+    layer.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if torch.is_grad_enabled() else None)
+    trainer.train()
+    assert seen == [torch.bfloat16 if bf16 else torch.float32]  # the matmuls ran in bf16...
+    assert layer.weight.dtype == torch.float32  # ...over float32 weights
+
+
 def test_sft_and_scalar_rm_outputs_record_their_dtype(tiny_model_dir, tmp_path):
     from seq2seq_rm.rewards.train import build_trainer, train_reward_model
     from seq2seq_rm.sft import train_sft
