@@ -531,9 +531,10 @@ def cmd_options(a) -> None:
 
     rows = describe(_config_classes()[a.which])
     if a.which == "experiment":  # the experiment sets these for each arm
-        from .experiment.config import PPO_SET_PER_ARM
+        from .experiment.config import PPO_SET_BY_EXPERIMENT, PPO_SET_PER_ARM
 
-        rows = [r for r in rows if r[0].removeprefix("ppo.") not in PPO_SET_PER_ARM]
+        rows = [r for r in rows if r[0].removeprefix("ppo.") not in PPO_SET_PER_ARM
+                and not (r[0].startswith("ppo.") and r[0][4:] in PPO_SET_BY_EXPERIMENT)]
     width = max(len(k) for k, *_ in rows)
     for key, default, allowed, help_ in rows:
         print(f"{key:{width}s}  {default:>14s}  {help_}" + (f" [{allowed}]" if allowed else ""))

@@ -258,8 +258,8 @@ class TrainOptions(Options):
     bf16: bool = opt(False, "bf16 mixed precision: bf16 autocast of the forward pass over the stored weights (their "
                             "dtype is `dtype`); speed depends on the hardware's bf16 support")
     gradient_checkpointing: bool = opt(
-        False, "recompute activations in the backward pass instead of storing them (less memory, ~20-30% slower); "
-               "non-reentrant torch checkpointing")
+        False, "recompute activations in the backward pass instead of storing them (less memory; slower: each layer "
+               "runs forward twice); non-reentrant torch checkpointing")
     logging_steps: int = opt(10, "log every N optimisation steps (console + TensorBoard)", ge=1)
     group_by_length: bool = opt(
         True, "batch examples of similar length together (less padding: much faster when lengths vary)")
