@@ -62,10 +62,7 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
         data_seed=opts.seed,
         logging_steps=opts.logging_steps,
         save_strategy="no",
-        # transformers 5 names it activation checkpointing (gradient_checkpointing is a deprecated alias, and
-        # TRL's configs default it to True); non-reentrant, so frozen LoRA bases need no input-grad hooks.
-        activation_checkpointing=opts.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if opts.gradient_checkpointing else None,
+        **_checkpointing_args(opts.gradient_checkpointing),
         report_to=["tensorboard"],
         max_length=None,  # we truncate ourselves, by an explicit policy, before the trainer sees data
         dataloader_num_workers=0,
@@ -74,6 +71,18 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
         length_column_name="length",
         disable_tqdm=True,  # TrainProgress is the one progress display (see the module docstring)
     )
+
+
+def _checkpointing_args(enabled: bool) -> dict:
+    """Activation checkpointing as TrainingArguments, always given explicitly (TRL's configs default it
+    to True). transformers >= 5.23 names it ``activation_checkpointing`` (``gradient_checkpointing`` is a
+    deprecated alias there); older 5.x only know ``gradient_checkpointing``. Non-reentrant, so a frozen
+    LoRA base needs no input that requires grad."""
+    from transformers import TrainingArguments
+
+    name = ("activation_checkpointing" if "activation_checkpointing_kwargs" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def resolve_stage_dtype(cfg, role: str) -> str:

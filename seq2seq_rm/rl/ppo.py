@@ -768,7 +768,11 @@ def enable_checkpointing(model) -> None:
     ``train()`` mode only, i.e. in the PPO update, not in rollouts or the no-grad forward passes.
     """
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.23
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # older 5.x: the same thing under its former name
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _max_abs(params) -> float:
