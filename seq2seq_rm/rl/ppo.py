@@ -134,7 +134,6 @@ class PPOConfig(Options):
             raise ConfigError("engine=vllm is not wired into PPO yet: the engine would never receive the updated "
                               "weights, so rollouts would silently come from the SFT policy; use engine=hf")
 
-
     def _full_training(self) -> dict[str, bool]:
         """The trained models, and whether each trains all of its weights (no LoRA)."""
         return {"the actor": not self.actor_lora.enabled, "the critic": not self.critic_lora.enabled}
