@@ -338,7 +338,7 @@ def main(argv=None) -> int:
                     rows, trainer = run_ours(policy, rm_dir, prompts_file, out_dir, args)
                     ours_runs.append(rows)
                     if batches is None:
-                        tok, window = trainer.tokenizer, model_window(trainer.ref)
+                        tok, window = trainer.tokenizer, model_window(trainer.acc.unwrap_model(trainer.actor))
                         batches = [encode_prompts(trainer.prompts_for_step(k), tok, trainer.template, window,
                                                   args.gen_len)[0] for k in range(args.steps)]
                     del trainer

@@ -27,6 +27,7 @@ DESCRIPTION = (
     "(rm train), look at their token-level rewards (rm score, inspect), run PPO with them (ppo), and judge "
     "the results (eval). `demo` runs the whole comparison on the bundled offline tasks."
 )
+DTYPE_CHOICES = ["auto", "bfloat16", "float16", "float32"]  # config.Dtype (not imported: the CLI starts fast)
 # Commands that read a config: they accept key=value overrides.
 CONFIG_COMMANDS = {"rm-train": "rm train", "sft": "sft", "ppo": "ppo", "experiment": "experiment",
                    "data-inspect": "data inspect"}
@@ -99,6 +100,9 @@ def _config_flags(p: argparse.ArgumentParser, which: str, training: bool = True)
         g.add_argument("--max-length", "--max_length", dest="max_length", type=int,
                        help=f"train.max_length: longest token sequence (default {d.max_length})")
         g.add_argument("--seed", type=int, help=f"train.seed (default {d.seed})")
+    if which in ("rm-train", "sft", "ppo"):
+        p.add_argument("--dtype", choices=DTYPE_CHOICES,
+                       help="dtype: storage dtype of the model weights (auto: the checkpoint's own; default float32)")
     p.add_argument("--config", help=f"YAML file with options (see `seq2seq-rm options {which}`; default: none)")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace an earlier output of this command")
     if training:
@@ -204,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     g.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     g.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="generation engine")
+    g.add_argument("--dtype", choices=DTYPE_CHOICES,
+                   help="storage dtype of the weights, engine hf (auto: the checkpoint's own; default float32)")
     g.add_argument("--limit", type=int, help="only the first N prompts (default: all)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _data_flags(g)
@@ -270,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--judge-prompt", metavar="FILE",
                    help="comparison prompt for hf: and openai: judges: a UTF-8 text file with the placeholders "
                         "{prompt}, {response_a} and {response_b} (default: the built-in prompt, see README)")
+    e.add_argument("--dtype", choices=DTYPE_CHOICES,
+                   help="hf:PATH judges: storage dtype of the judge's weights (auto: the checkpoint's own; "
+                        "default float32)")
     e.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation at --out")
     api = e.add_argument_group("openai:MODEL judges")
     api.add_argument("--base-url",
@@ -340,7 +349,7 @@ def cmd_rm_train(a) -> None:
 
     flags = {"kind": a.kind, "model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
              "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, "resume": a.resume,
-             "columns": _columns(a), **_train_flags(a)}
+             "columns": _columns(a), "dtype": a.dtype, **_train_flags(a)}
     train_reward_model(load_config(RMTrainConfig, a.config, a.overrides, flags))
 
 
@@ -350,7 +359,7 @@ def cmd_sft(a) -> None:
 
     flags = {"model": a.model, "gguf_file": a.gguf_file, "data": a.data, "data_format": a.data_format,
              "split": a.split, "subset": a.subset, "out": a.out, "overwrite": a.overwrite, "resume": a.resume,
-             "response_field": a.response_field, "columns": _columns(a), **_train_flags(a)}
+             "response_field": a.response_field, "columns": _columns(a), "dtype": a.dtype, **_train_flags(a)}
     train_sft(load_config(SFTRunConfig, a.config, a.overrides, flags))
 
 
@@ -379,7 +388,7 @@ def cmd_generate(a) -> None:
         do_sample=not a.greedy, seed=a.seed,
     )
     generate_to_file(a.model, a.prompts, a.out, sampling, batch_size=a.batch_size, engine=a.engine, limit=a.limit,
-                     split=a.split, subset=a.subset, overwrite=a.overwrite)
+                     split=a.split, subset=a.subset, overwrite=a.overwrite, dtype=a.dtype)
 
 
 def cmd_rm_eval(a) -> None:
@@ -460,6 +469,8 @@ def cmd_eval(a) -> None:
         raise ConfigError(f"{flag} applies to openai:MODEL judges only, not to {a.judge}")
     if a.judge_prompt and kind == "oracle":
         raise ConfigError(f"--judge-prompt applies to hf: and openai: judges, not to {a.judge}")
+    if a.dtype and kind != "hf":
+        raise ConfigError(f"--dtype applies to hf:PATH judges (a local model) only, not to {a.judge}")
     if "temperature" in given:
         t = given["temperature"].strip().lower()
         try:
@@ -471,6 +482,8 @@ def cmd_eval(a) -> None:
     kw = {}
     if a.judge_prompt:
         kw["prompt_template"] = load_prompt_file(a.judge_prompt, "--judge-prompt")
+    if a.dtype:
+        kw["dtype"] = a.dtype
     if kind == "openai":
         kw.update(api_key_env=a.api_key_env or None, concurrency=a.concurrency, **given)
         if a.cache_dir:
@@ -504,7 +517,7 @@ def cmd_ppo(a) -> None:
     from .rl.ppo import PPOConfig, run_ppo
 
     flags = {"policy": a.policy, "rm": a.rm, "prompts": a.prompts, "out": a.out, "steps": a.steps, "seed": a.seed,
-             "split": a.split, "subset": a.subset, "resume": a.resume, "overwrite": a.overwrite}
+             "split": a.split, "subset": a.subset, "resume": a.resume, "overwrite": a.overwrite, "dtype": a.dtype}
     run_ppo(load_config(PPOConfig, a.config, a.overrides, flags))
 
 
@@ -524,9 +537,10 @@ def cmd_options(a) -> None:
 
     rows = describe(_config_classes()[a.which])
     if a.which == "experiment":  # the experiment sets these for each arm
-        from .experiment.config import PPO_SET_PER_ARM
+        from .experiment.config import PPO_SET_BY_EXPERIMENT, PPO_SET_PER_ARM
 
-        rows = [r for r in rows if r[0].removeprefix("ppo.") not in PPO_SET_PER_ARM]
+        rows = [r for r in rows if r[0].removeprefix("ppo.") not in PPO_SET_PER_ARM
+                and not (r[0].startswith("ppo.") and r[0][4:] in PPO_SET_BY_EXPERIMENT)]
     width = max(len(k) for k, *_ in rows)
     for key, default, allowed, help_ in rows:
         print(f"{key:{width}s}  {default:>14s}  {help_}" + (f" [{allowed}]" if allowed else ""))

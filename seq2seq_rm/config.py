@@ -172,6 +172,68 @@ class LoraOptions(Options):
     target_modules: str = opt("all-linear", "modules to adapt (PEFT target_modules)")
 
 
+# --------------------------------------------------------------------------------------
+# Precision: the weights' storage dtype, and what each device can train in it
+# --------------------------------------------------------------------------------------
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+DTYPE_HELP = ("storage dtype of the model weights (every model the command loads): float32 | bfloat16 | float16 | "
+              "auto (the checkpoint's own config.dtype; float32 when it records none). Trained weights stay float32: "
+              "half dtypes need LoRA for training (see README, 'Precision and memory')")
+HALF_DTYPES = ("bfloat16", "float16")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_precision(dtype: str, full_training: dict[str, bool], bf16_autocast: bool = False,
+                    fp16_training_supported: bool = True, where: str = "") -> None:
+    """Refuse a precision set-up that would not train (or not run) as asked.
+
+    ``dtype``: the storage dtype (``auto`` is checked again once resolved against the checkpoint);
+    ``full_training``: ``{role: True when all of its weights train (no LoRA)}`` for each model the
+    command trains (empty for inference); ``bf16_autocast``: the ``bf16`` mixed-precision flag;
+    ``fp16_training_supported``: False for a loop with no loss scaling (PPO).
+
+    The rules (README, "Precision and memory"):
+
+    * half-precision *trained* weights are refused: AdamW's update of a bfloat16 weight is rounded to
+      8 bits of mantissa, so an update below ~1/256 of the weight (most of them at lr 1e-5) is lost
+      (the "pure bf16" footgun). Half dtypes train through LoRA: the frozen base is stored in
+      ``dtype``, adapters and heads in float32. Full-parameter mixed precision is ``dtype=float32``
+      with ``bf16=true`` (bf16 autocast over float32 weights);
+    * float16 training needs autocast with loss scaling (a GradScaler), which PyTorch offers on
+      CUDA only: refused on CPU, and in loops that have no loss scaling;
+    * ``bf16=true`` (bf16 autocast) over float16 weights mixes two half formats: refused.
+    """
+    if dtype == "auto":
+        return
+    prefix = f"{where}: " if where else ""
+    full = [role for role, is_full in full_training.items() if is_full]
+    if dtype in HALF_DTYPES and full:
+        raise ConfigError(
+            f"{prefix}dtype={dtype} with full-parameter training of {' and '.join(full)}: the trained weights and "
+            f"AdamW's updates would be stored in {dtype}, which rounds away updates smaller than ~1/256 of a weight "
+            "(most updates at lr 1e-5), so training would silently stall. Train LoRA adapters instead (the base stays "
+            f"in {dtype}, the adapters in float32), or keep dtype=float32 and set bf16=true (bf16 autocast over "
+            "float32 weights)")
+    if dtype == "float16" and full_training:
+        if not fp16_training_supported:
+            raise ConfigError(f"{prefix}dtype=float16 training needs loss scaling (a GradScaler), which this training "
+                              "loop does not have; use dtype=bfloat16 (same memory, no loss scaling needed)")
+        if not _cuda_available():
+            raise ConfigError(
+                f"{prefix}dtype=float16 training needs float16 autocast with loss scaling (a GradScaler), which "
+                "PyTorch offers on CUDA only, and no CUDA device is available; use dtype=bfloat16 (works on CPU) or "
+                "float32. float16 stays available for inference (generate, eval --judge hf:)")
+    if dtype == "float16" and bf16_autocast:
+        raise ConfigError(f"{prefix}bf16=true (bf16 autocast) with dtype=float16 weights mixes two half-precision "
+                          "formats; use dtype=bfloat16, or dtype=float32 with bf16=true")
+
+
 MIN_MAX_LENGTH = 9  # layout.MIN_SOURCE_TOKENS + 1: room for a source and one target token
 
 
@@ -193,7 +255,11 @@ class TrainOptions(Options):
     warmup_ratio: float = opt(0.05, "fraction of steps of linear warm-up", ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                        "constant_with_warmup", "inverse_sqrt"] = opt("cosine", "learning-rate schedule")
-    bf16: bool = opt(False, "bf16 autocast (about 2x faster on CPU for 10-30M models)")
+    bf16: bool = opt(False, "bf16 mixed precision: bf16 autocast of the forward pass over the stored weights (their "
+                            "dtype is `dtype`); speed depends on the hardware's bf16 support")
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in the backward pass instead of storing them (less memory; slower: each layer "
+               "runs forward twice); non-reentrant torch checkpointing")
     logging_steps: int = opt(10, "log every N optimisation steps (console + TensorBoard)", ge=1)
     group_by_length: bool = opt(
         True, "batch examples of similar length together (less padding: much faster when lengths vary)")
@@ -263,6 +329,7 @@ class RMTrainConfig(Options):
     overwrite: bool = opt(False, "replace an earlier reward model at `out` and its run folder OUT.run/")
     resume: bool = opt(False, "continue the run in OUT.run/ from its newest checkpoint")
     trust_remote_code: bool = opt(False, "allow custom model code from the model folder / hub")
+    dtype: Dtype = opt("float32", DTYPE_HELP)
     train: TrainOptions = opt(TrainOptions(), "optimisation options")
     template: TemplateConfig = opt(TemplateConfig(), "input layout")
     mapping: MappingConfig = opt(MappingConfig(), "seq2seq mappings")
@@ -271,6 +338,7 @@ class RMTrainConfig(Options):
     def check(self) -> None:
         check_columns_option(self.columns)
         check_resume_option(self)
+        check_precision(self.dtype, {f"the {self.kind} RM": not self.train.lora.enabled}, self.train.bf16)
         if self.train.trainer_args:
             from .training import check_trainer_args
 

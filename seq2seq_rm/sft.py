@@ -39,10 +39,13 @@ from pathlib import Path
 from typing import Literal
 
 from .config import (
+    DTYPE_HELP,
+    Dtype,
     Options,
     TemplateConfig,
     TrainOptions,
     check_columns_option,
+    check_precision,
     check_resume_option,
     opt,
     to_dict,
@@ -53,7 +56,7 @@ from .errors import ConfigError, DataError, Seq2SeqRMError
 from .io import atomic_dir, atomic_write_json
 from .layout import fit_to_length
 from .outputs import META_FILES, check_output_dir
-from .training import no_dataset_bars, train_and_save, trainer_kwargs
+from .training import no_dataset_bars, resolve_stage_dtype, train_and_save, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class SFTRunConfig(Options):
         "auto", "training target: response | chosen (preference rows) | auto (response if the rows have it)"
     )
     trust_remote_code: bool = opt(False, "allow custom model code from the model folder / hub")
+    dtype: Dtype = opt("float32", DTYPE_HELP)
     train: TrainOptions = opt(TrainOptions(), "optimisation options")
     template: TemplateConfig = opt(TemplateConfig(), "prompt layout (the rollout engine uses the same one)")
 
@@ -102,6 +106,7 @@ class SFTRunConfig(Options):
             )
         check_columns_option(self.columns)
         check_resume_option(self)
+        check_precision(self.dtype, {"the policy": not self.train.lora.enabled}, self.train.bf16)
         if self.train.trainer_args:
             from .training import check_trainer_args
 
@@ -222,8 +227,10 @@ def _check(cfg: SFTRunConfig):
     return open_run(cfg, "sft")
 
 
-def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
-    """TRL's SFTTrainer on our own tokenisation (loss on ``R(y)`` only); returns ``(trainer, stats)``."""
+def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path, dtype: str | None = None):
+    """TRL's SFTTrainer on our own tokenisation (loss on ``R(y)`` only); returns ``(trainer, stats)``.
+
+    ``dtype``: the resolved storage dtype (default: resolved from ``cfg`` here)."""
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
@@ -233,12 +240,13 @@ def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
 
     opts, lora = cfg.train, cfg.train.lora
     set_seed(opts.seed)  # LoRA adapters are initialised at random before the Trainer seeds itself
-    model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+    dtype = dtype or resolve_stage_dtype(cfg, "the policy")
+    model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code, dtype=dtype)
     ensure_pad_token(tokenizer, model)
     examples, stats = build_sft_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
     if lora.enabled:
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    args = SFTConfig(**trainer_kwargs(opts, out_dir), completion_only_loss=True, dataset_num_proc=None)
+    args = SFTConfig(**trainer_kwargs(opts, out_dir, dtype), completion_only_loss=True, dataset_num_proc=None)
     rows = [{**e, "length": len(e["input_ids"])} for e in examples]  # for group_by_length
     with no_dataset_bars():
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -249,6 +257,7 @@ def build_sft_trainer(cfg: SFTRunConfig, records, tokenizer, out_dir: Path):
 def train_sft(cfg: SFTRunConfig) -> Path:
     """Fine-tune ``cfg.model`` on ``cfg.data`` (loss on response tokens) and write it to ``cfg.out``."""
     run = _check(cfg)
+    dtype = resolve_stage_dtype(cfg, "the policy")
     from .data.adapters import SFT_LOSS_ON
     from .models.loading import load_tokenizer
 
@@ -266,9 +275,9 @@ def train_sft(cfg: SFTRunConfig) -> Path:
                 gen.eos_token_id = tokenizer.eos_token_id
 
     with atomic_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:
-        trainer, stats = build_sft_trainer(cfg, records, tokenizer, run.dir)
+        trainer, stats = build_sft_trainer(cfg, records, tokenizer, run.dir, dtype)
         meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, stop_where_sft_put_eos,
-                              desc="sft", run=run)
+                              desc="sft", run=run, dtype=dtype)
         atomic_write_json(tmp / SFT_META_FILE, {
             "kind": "sft",
             "template": to_dict(cfg.template),

@@ -36,10 +36,20 @@ class ExampleStats:
         return dict(self.__dict__)
 
 
-def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
-    """TrainingArguments shared by every supervised stage (TRL SFTConfig / RewardConfig)."""
+def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") -> dict:
+    """TrainingArguments shared by every supervised stage (TRL SFTConfig / RewardConfig).
+
+    ``dtype``: the resolved storage dtype of the model (``check_precision`` has refused what cannot
+    train). float16 weights (LoRA on CUDA) train under float16 autocast with loss scaling
+    (``fp16=True``: the Trainer's GradScaler), since float16 gradients underflow without it.
+    """
+    import torch
+
     return dict(
         output_dir=str(out_dir),
+        # transformers refuses bf16 without a bf16 GPU unless told the run is on the CPU (where bf16
+        # autocast works); without this, train.bf16=true stopped with a ValueError on CPU machines.
+        use_cpu=opts.bf16 and not torch.cuda.is_available(),
         num_train_epochs=opts.epochs,
         learning_rate=opts.lr,
         per_device_train_batch_size=opts.batch_size,
@@ -48,6 +58,7 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         warmup_steps=opts.warmup_ratio,  # a float in [0, 1) is a ratio in transformers 5
         lr_scheduler_type=opts.scheduler,
         bf16=opts.bf16,
+        fp16=dtype == "float16",
         seed=opts.seed,
         data_seed=opts.seed,
         logging_steps=opts.logging_steps,
@@ -55,7 +66,7 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         save_strategy="steps" if opts.save_steps else "no",
         **({"save_steps": opts.save_steps} if opts.save_steps else {}),
         save_total_limit=None,
-        gradient_checkpointing=False,  # TRL turns it on by default; it only slows small models down
+        **_checkpointing_args(opts.gradient_checkpointing),
         report_to=report_to_list(opts.report_to),
         max_length=None,  # we truncate ourselves, by an explicit policy, before the trainer sees data
         dataloader_num_workers=0,
@@ -65,6 +76,37 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path) -> dict:
         disable_tqdm=True,  # TrainProgress is the one progress display (see the module docstring)
         **opts.trainer_args,  # checked by check_trainer_args: none of the keys above
     )
+
+
+def _checkpointing_args(enabled: bool) -> dict:
+    """Activation checkpointing as TrainingArguments, always given explicitly (TRL's configs default it
+    to True). transformers >= 5.23 names it ``activation_checkpointing`` (``gradient_checkpointing`` is a
+    deprecated alias there); older 5.x only know ``gradient_checkpointing``. Non-reentrant, so a frozen
+    LoRA base needs no input that requires grad."""
+    from transformers import TrainingArguments
+
+    name = ("activation_checkpointing" if "activation_checkpointing_kwargs" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def resolve_stage_dtype(cfg, role: str) -> str:
+    """The storage dtype a supervised stage loads ``cfg.model`` in, by name, checked before any work.
+
+    ``cfg``: an SFT or RM-training config (``model``, ``gguf_file``, ``dtype``, ``train``). ``auto``
+    is resolved against the checkpoint here, and the precision rules (``check_precision``, already
+    applied to explicit dtypes when the config was read) are applied to what it resolved to.
+    """
+    from .config import check_precision
+    from .models.loading import dtype_name, resolve_dtype
+
+    name = dtype_name(resolve_dtype(cfg.dtype, cfg.model, gguf_file=cfg.gguf_file,
+                                    trust_remote_code=cfg.trust_remote_code))
+    if cfg.dtype == "auto":
+        check_precision(name, {role: not cfg.train.lora.enabled}, cfg.train.bf16,
+                        where=f"dtype=auto resolved to {name} (the checkpoint's own dtype)")
+        log.info("dtype=auto: loading %s in %s", cfg.model, name)
+    return name
 
 
 def _number(value):
@@ -217,9 +259,11 @@ def no_dataset_bars():
 
 
 def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path, report, source: str,
-                   prepare_model=None, desc: str = "training", run=None) -> dict:
+                   prepare_model=None, desc: str = "training", run=None, dtype: str = "float32") -> dict:
     """Run a TRL trainer, save model (LoRA merged) + tokenizer to ``out_dir``, and return the
-    metadata every supervised stage records: data report, length-policy counts, loss curve."""
+    metadata every supervised stage records: data report, length-policy counts, loss curve, and
+    ``dtype``, the storage dtype the model was loaded and trained in, and ``saved_dtype``, that of
+    the saved weights (float32 when LoRA adapters were merged into a half-precision base)."""
     import time
 
     from .config import to_dict
@@ -244,6 +288,8 @@ def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path,
         "format": report.format, "rows_read": report.rows_read, "kept": report.kept, "skipped": report.skipped}
     return {
         "max_length": opts.max_length,
+        "dtype": dtype,
+        "saved_dtype": str(model.dtype).removeprefix("torch."),  # float32 after a LoRA merge (merge_lora)
         "data": {**data, "source": source},
         "examples": stats.as_dict(),
         "train": to_dict(opts),

@@ -123,7 +123,10 @@ def evaluate_files(
         rows_a, rows_b, judge, names=names, files=(fa, fb), seed=seed, n_boot=n_boot, confidence=confidence
     )
     diagnostics = {names[0]: response_diagnostics(rows_a, tokenizer), names[1]: response_diagnostics(rows_b, tokenizer)}
-    write_eval_report(result, out_dir, diagnostics, extra={"file_a": fa, "file_b": fb})
+    extra = {"file_a": fa, "file_b": fb}
+    if getattr(judge, "dtype", None):  # a local model judge (hf:PATH): the dtype its weights were loaded in
+        extra["judge_dtype"] = judge.dtype
+    write_eval_report(result, out_dir, diagnostics, extra=extra)
     if result.invalid:
         logger.warning("%d of %d pairs had an invalid verdict (see pairs.jsonl)", result.invalid, len(rows_a))
     return result, diagnostics

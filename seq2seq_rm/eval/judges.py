@@ -160,16 +160,18 @@ class HFJudge:
         device: str | None = None,
         trust_remote_code: bool = False,
         prompt_template: str | None = None,
+        dtype: str = "float32",
     ):
         import torch
 
-        from ..models.loading import load_causal_lm, load_tokenizer
+        from ..models.loading import dtype_name, load_causal_lm, load_tokenizer
 
         self.name = f"hf:{model_dir}"
         self.batch_size, self.tie_margin = batch_size, tie_margin
         self.prompt_template = check_judge_prompt(prompt_template) if prompt_template is not None else JUDGE_PROMPT
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-        self.model = load_causal_lm(model_dir, trust_remote_code=trust_remote_code)
+        self.model = load_causal_lm(model_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+        self.dtype = dtype_name(self.model.dtype)  # recorded in eval.json
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096

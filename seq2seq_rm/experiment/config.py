@@ -11,7 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ..config import ExtractionConfig, Options, TrainOptions, from_dict, opt, to_dict
+from ..config import (
+    DTYPE_HELP,
+    Dtype,
+    ExtractionConfig,
+    Options,
+    TrainOptions,
+    check_precision,
+    from_dict,
+    opt,
+    to_dict,
+)
 from ..errors import ConfigError
 from ..rl.ppo import PPOConfig
 from ..rl.rollout import SamplingConfig
@@ -20,6 +30,8 @@ TASK_NAMES = ("safety", "summarize", "instruct")
 
 # The PPO options the experiment sets for each arm; setting them in a config is refused.
 PPO_SET_PER_ARM = ("policy", "rm", "prompts", "split", "subset", "out", "overwrite", "resume", "seed", "extraction")
+# PPO options the experiment sets from one of its own, for every stage (the message names it).
+PPO_SET_BY_EXPERIMENT = {"dtype": "dtype"}
 
 # The extraction ablation of `seq2seq-rm experiment` (each entry: overrides of `extraction`).
 DEFAULT_ABLATION = [
@@ -71,6 +83,7 @@ class ExperimentConfig(Options):
     tasks: list = opt(list(TASK_NAMES), "bundled tasks to run: any of safety, summarize, instruct")
     seeds: list = opt([0], "seeds; each seed redraws the preference data and retrains both RMs and every PPO arm")
     size: Literal["tiny", "mini", "small"] = opt("mini", "model size built from scratch (ignored with base_model)")
+    dtype: Dtype = opt("float32", DTYPE_HELP + "; every stage: SFT, both RMs, PPO, generation for evaluation")
     base_model: str = opt("", "start from this model instead of a tiny one: a folder, or a .gguf file (converted)")
     sft_data: Literal["reference", "chosen"] = opt(
         "reference", "SFT demonstrations: the tasks' reference responses on prompts of their own (unbiased) | "
@@ -125,6 +138,14 @@ class ExperimentConfig(Options):
             for trl_config in trl_configs if opts.trainer_args else ():  # the rm group trains both kinds
                 check_trainer_args(opts.trainer_args, trl_config, opts, where=f"{group}.")
         default = PPOConfig()
+        for name, ours in PPO_SET_BY_EXPERIMENT.items():
+            if getattr(self.ppo, name) != getattr(default, name):
+                raise ConfigError(f"ppo.{name}: the experiment's own `{ours}` option applies to every stage; set "
+                                  f"{ours}={getattr(self.ppo, name)} instead")
+        check_precision(self.dtype, {"the SFT policy": not self.sft.lora.enabled}, self.sft.bf16, where="sft")
+        check_precision(self.dtype, {"the reward models": not self.rm.lora.enabled}, self.rm.bf16, where="rm")
+        check_precision(self.dtype, self.ppo._full_training(), self.ppo.bf16, fp16_training_supported=False,
+                        where="ppo")
         for name in PPO_SET_PER_ARM:
             if getattr(self.ppo, name) != getattr(default, name):
                 raise ConfigError(f"ppo.{name} is set by the experiment for each arm; leave it out of the config")

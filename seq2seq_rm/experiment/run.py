@@ -173,7 +173,7 @@ def build_sft(cfg: ExperimentConfig, d: Path, seed: int, extra_corpus: list[str]
     sft_dir = str(d / "sft")
     if not _kept(d / "sft", resume, "sft"):
         train_sft(SFTRunConfig(model=base, data=data, out=sft_dir, train=_with_seed(cfg.sft, seed),
-                               resume=_started(sft_dir, resume)))
+                               dtype=cfg.dtype, resume=_started(sft_dir, resume)))
     clock.lap("base+sft")
     return sft_dir
 
@@ -243,8 +243,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         if not _kept(d / f"rm-{kind}", resume, "reward-model"):
             train_reward_model(RMTrainConfig(kind=kind, model=sft_dir, data=files["pairs"], out=rm_dirs[kind],
                                              train=_with_seed(cfg.rm, seed), extraction=cfg.extraction,
-                                             resume=_started(rm_dirs[kind], resume)))
-        rm = load_reward_model(rm_dirs[kind])
+                                             dtype=cfg.dtype, resume=_started(rm_dirs[kind], resume)))
+        rm = load_reward_model(rm_dirs[kind], dtype=cfg.dtype)
         run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs) for labels, recs in test_sets.items()}
         clock.lap(f"rm-{kind}")
 
@@ -253,7 +253,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         out_dir = d / f"ppo-{_slug(arm)}"
         extraction = cfg.arm_extraction(overrides) if kind == "seq2seq" else None
         pcfg = replace(cfg.ppo, policy=sft_dir, rm=rm_dirs[kind], prompts=files["ppo_prompts"], out=str(out_dir),
-                       seed=seed, extraction=extraction,
+                       seed=seed, extraction=extraction, dtype=cfg.dtype,
                        resume=_started(out_dir, resume))
         if not _kept(out_dir, resume, "ppo-policy"):
             PPOTrainer(pcfg, rollout_metrics=rollout_metrics_fn(ppo_rows)).train()
@@ -268,7 +268,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
         for split in SPLITS:
             path = d / "responses" / f"{_slug(arm)}-{split}.jsonl"
             if not _kept(path, resume):
-                generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32)
+                generate_to_file(folder, files[f"{split}_prompts"], str(path), greedy, batch_size=32,
+                                 dtype=cfg.dtype)
             run.responses[arm][split] = [json.loads(x) for x in path.read_text().splitlines() if x]
     clock.lap("generate")
     return run
@@ -307,9 +308,11 @@ def _resume_check(cfg: ExperimentConfig, out: Path, overwrite: bool) -> dict:
     if meta is None or meta.get("kind") != "experiment":
         raise ConfigError(f"cannot resume: {out} holds no experiment ({META_FILES['experiment']} is missing); "
                           "run without --resume")
-    old, new = _flat(meta.get("config") or {}), _flat(to_dict(cfg))
+    old, new, default = _flat(meta.get("config") or {}), _flat(to_dict(cfg)), _flat(to_dict(ExperimentConfig()))
+    # an option newer than the stopped run, left at its default, keeps what that run did
     diff = [f"{k}: {old.get(k, '(unset)')!r} then, {new.get(k, '(unset)')!r} now"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and not (k not in old and k in default and new[k] == default[k])]
     if diff:
         raise ConfigError(f"cannot resume {out}: the options differ from the stopped run's ("
                           + "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")

@@ -209,6 +209,52 @@ class _LoadReportFilter(logging.Filter):
         return True
 
 
+# ------------------------------------------------------------------------------------------- dtype
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the name the ``dtype`` option and the metadata use)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def checkpoint_dtype(spec: str | os.PathLike, *, gguf_file: str | None = None, trust_remote_code: bool = False) -> str:
+    """The dtype a checkpoint records (``config.dtype``, formerly ``torch_dtype``) as a name of
+    :data:`DTYPES`; ``float32`` when it records none or one we do not load (e.g. float8)."""
+    from transformers import AutoConfig
+
+    src = _resolve(spec, gguf_file)
+    kwargs = dict(src.hub_kwargs, trust_remote_code=trust_remote_code)
+    if src.gguf_file:
+        kwargs["gguf_file"] = src.gguf_file
+    try:
+        config = AutoConfig.from_pretrained(src.path, **kwargs)
+    except _LOAD_ERRORS as e:
+        raise _load_failed("model config", src, e) from e
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = dtype_name(recorded) if isinstance(recorded, torch.dtype) else str(recorded or "float32")
+    return name if name in DTYPES else "float32"
+
+
+def resolve_dtype(dtype: str | torch.dtype, spec: str | os.PathLike | None = None, *, gguf_file: str | None = None,
+                  trust_remote_code: bool = False) -> torch.dtype:
+    """The torch dtype a model is loaded in: ``dtype`` itself, or for ``"auto"`` the checkpoint's own.
+
+    ``auto`` is resolved here rather than handed to ``from_pretrained`` so that what is recorded in an
+    output's metadata is exactly what was loaded.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if spec is None:
+            raise ValueError("dtype='auto' needs the checkpoint to read it from")
+        dtype = checkpoint_dtype(spec, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    return DTYPES[dtype]
+
+
 def _from_pretrained(auto_cls, what: str, src: _Source, **kwargs):
     _check_weights(src)
     kwargs = dict(src.hub_kwargs, **kwargs)
@@ -284,10 +330,13 @@ def load_causal_lm(
     *,
     gguf_file: str | None = None,
     trust_remote_code: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
 ) -> PreTrainedModel:
-    """Load a causal LM from a safetensors folder, a hub id, or a GGUF file (dequantized, trainable)."""
+    """Load a causal LM from a safetensors folder, a hub id, or a GGUF file (dequantized, trainable).
+
+    ``dtype``: a torch dtype or a name of the ``dtype`` option (``auto``: the checkpoint's own)."""
     src = _resolve(spec, gguf_file)
+    dtype = resolve_dtype(dtype, spec, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     model, info = _from_pretrained(
         AutoModelForCausalLM, "causal LM", src, trust_remote_code=trust_remote_code, dtype=dtype
     )
@@ -303,7 +352,7 @@ def load_sequence_classifier(
     *,
     num_labels: int = 1,
     trust_remote_code: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """Load a sequence classifier (backbone + ``score`` head) for the scalar reward model.
 
@@ -311,6 +360,7 @@ def load_sequence_classifier(
     The model finds each row's last token by ``config.pad_token_id``, so call :func:`ensure_pad_token`.
     """
     src = _resolve(spec, None)
+    dtype = resolve_dtype(dtype, spec, trust_remote_code=trust_remote_code)
     model, info = _from_pretrained(
         AutoModelForSequenceClassification,
         "sequence classifier",
@@ -519,11 +569,13 @@ def export_gguf(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_backbone(spec: str | os.PathLike, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+def load_backbone(spec: str | os.PathLike, *, trust_remote_code: bool = False,
+                  dtype: str | torch.dtype = torch.float32):
     """The transformer body of a causal-LM or classifier folder (no LM/score head), e.g. for a critic."""
     from transformers import AutoModel
 
     src = _resolve(spec, None)
+    dtype = resolve_dtype(dtype, spec, trust_remote_code=trust_remote_code)
     model, info = _from_pretrained(AutoModel, "backbone", src, trust_remote_code=trust_remote_code, dtype=dtype)
     _log_missing(src, "backbone weights", info.get("missing_keys"))
     _log_unused(src, info)

@@ -52,17 +52,62 @@ def apply_lora(
         modules_to_save=modules_to_save,
         bias="none",
     )
-    peft_model = get_peft_model(model, config)
+    # autocast_adapter_dtype (peft's default): adapters of a bfloat16/float16 base are created in float32.
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+    keep_trained_weights_float32(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA r=%d alpha=%d: %d of %d parameters trainable", r, alpha, trainable, total)
     return peft_model
 
 
+def keep_trained_weights_float32(model) -> list[str]:
+    """Store every trainable half-precision parameter in float32; returns their names.
+
+    peft already creates LoRA adapters in float32 over a bfloat16/float16 base, but a head trained in
+    full (``modules_to_save``, e.g. the scalar RM's ``score``) is copied in the base's dtype, where
+    AdamW's small updates would be rounded away. Each module whose own parameters were cast up gets
+    a forward pre-hook casting its floating inputs to float32, so a half-precision body can feed it.
+    """
+    import torch
+
+    half = (torch.bfloat16, torch.float16)
+    cast: list[str] = []
+    for module_name, module in model.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad and p.dtype in half]
+        if not own:
+            continue
+        for n, p in own:
+            p.data = p.data.float()
+            cast.append(f"{module_name}.{n}" if module_name else n)
+        if "lora_" not in module_name:  # peft's LoRA layers cast their own inputs
+            module.register_forward_pre_hook(_inputs_to_float32)
+    if cast:
+        logger.info("trained weights kept in float32 over a half-precision base: %s", ", ".join(cast[:4])
+                    + (" ..." if len(cast) > 4 else ""))
+    return cast
+
+
+def _inputs_to_float32(module, args):
+    import torch
+
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
 def merge_lora(model) -> PreTrainedModel:
-    """Fold the LoRA weights into the base weights and return the plain base model."""
+    """Fold the LoRA weights into the base weights and return the plain base model.
+
+    A half-precision (bfloat16/float16) base is cast to float32 first (in place), so the merged
+    model is float32: rounding ``base + B @ A`` back to bfloat16 would drop every change smaller
+    than ~1/256 of a weight, which is most of a LoRA fine-tune's update at small learning rates
+    (the rounding this project refuses in training, see ``config.check_precision``).
+    """
     if not isinstance(model, PeftModel):
         if isinstance(model, PreTrainedModel):
             return model
         raise ModelError(f"merge_lora expects a peft model, got {type(model).__name__}")
+    import torch
+
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        model.float()
     return model.merge_and_unload()

@@ -35,10 +35,13 @@ class ValueModel(nn.Module):
         return self.backbone.config
 
     @classmethod
-    def from_folder(cls, path: str | Path, trust_remote_code: bool = False) -> ValueModel:
-        """From a policy / RM folder (fresh head, or a scalar RM's score head) or a saved critic."""
+    def from_folder(cls, path: str | Path, trust_remote_code: bool = False, dtype="float32") -> ValueModel:
+        """From a policy / RM folder (fresh head, or a scalar RM's score head) or a saved critic.
+
+        ``dtype`` is the backbone's storage dtype; the value head always stays float32 (it is trained,
+        and a (1, H) head costs nothing)."""
         path = Path(path)
-        model = cls(load_backbone(str(path), trust_remote_code=trust_remote_code))
+        model = cls(load_backbone(str(path), trust_remote_code=trust_remote_code, dtype=dtype))
         if (path / HEAD_FILE).is_file():
             model.v_head.load_state_dict(load_file(str(path / HEAD_FILE)))
         else:
@@ -52,7 +55,8 @@ class ValueModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
-        return self.v_head(hidden).squeeze(-1).float()
+        # A bfloat16 backbone feeds the float32 head: cast up (a no-op in float32, and under autocast).
+        return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
 
     def save(self, out_dir: str | Path) -> None:
         out_dir = Path(out_dir)

@@ -14,15 +14,15 @@ from .seq2seq import Seq2SeqRewardModel
 KINDS = {"seq2seq": Seq2SeqRewardModel, "scalar": ScalarRewardModel}
 
 
-def load_reward_model(path: str | Path, device=None, trust_remote_code: bool = False):
-    """Load an RM folder written by ``seq2seq-rm rm train`` (either kind)."""
+def load_reward_model(path: str | Path, device=None, trust_remote_code: bool = False, dtype="float32"):
+    """Load an RM folder written by ``seq2seq-rm rm train`` (either kind), its weights in ``dtype``."""
     meta = read_meta(path)
     cls = KINDS.get(meta.get("kind"))
     if cls is None:
         raise ModelError(f"{Path(path) / META_FILE}: unknown kind {meta.get('kind')!r} (expected seq2seq or scalar)")
     template = from_dict(TemplateConfig, meta.get("template", {}))
     extraction = from_dict(ExtractionConfig, meta.get("extraction", {}))
-    return cls.from_folder(path, template, extraction, device, trust_remote_code)
+    return cls.from_folder(path, template, extraction, device, trust_remote_code, dtype=dtype)
 
 
 __all__ = ["KINDS", "RewardModel", "ScalarRewardModel", "Seq2SeqRewardModel", "TokenRewards", "load_reward_model"]

@@ -89,7 +89,7 @@ class RewardModelBase:
     kind = ""
 
     @staticmethod
-    def load_model(path: str, trust_remote_code: bool = False):
+    def load_model(path: str, trust_remote_code: bool = False, dtype="float32"):
         raise NotImplementedError
 
     def __init__(self, model, tokenizer, template: TemplateConfig, extraction: ExtractionConfig | None = None,
@@ -104,12 +104,13 @@ class RewardModelBase:
         self.pad_id = pad_id(tokenizer)
 
     @classmethod
-    def from_folder(cls, path, template, extraction, device=None, trust_remote_code: bool = False):
-        """The RM in ``path`` (a ``save_pretrained`` folder), moved to ``device``."""
+    def from_folder(cls, path, template, extraction, device=None, trust_remote_code: bool = False, dtype="float32"):
+        """The RM in ``path`` (a ``save_pretrained`` folder) in ``dtype`` (a name of the ``dtype``
+        option or a torch dtype), moved to ``device``."""
         from ..models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
-        model = cls.load_model(str(path), trust_remote_code=trust_remote_code)
+        model = cls.load_model(str(path), trust_remote_code=trust_remote_code, dtype=dtype)
         if device is not None:
             model.to(device)
         return cls(model, tokenizer, template, extraction)

@@ -61,10 +61,10 @@ class ScalarRewardModel(RewardModelBase):
     kind = "scalar"
 
     @staticmethod
-    def load_model(path: str, trust_remote_code: bool = False):
+    def load_model(path: str, trust_remote_code: bool = False, dtype="float32"):
         from ..models.loading import load_sequence_classifier
 
-        return load_sequence_classifier(path, num_labels=1, trust_remote_code=trust_remote_code)
+        return load_sequence_classifier(path, num_labels=1, trust_remote_code=trust_remote_code, dtype=dtype)
 
     @torch.inference_mode()
     def scores(self, prompts: list[Prompt], response_ids: torch.Tensor, response_mask: torch.Tensor):

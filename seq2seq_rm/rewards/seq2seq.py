@@ -149,10 +149,10 @@ class Seq2SeqRewardModel(RewardModelBase):
     kind = "seq2seq"
 
     @staticmethod
-    def load_model(path: str, trust_remote_code: bool = False):
+    def load_model(path: str, trust_remote_code: bool = False, dtype="float32"):
         from ..models.loading import load_causal_lm
 
-        return load_causal_lm(path, trust_remote_code=trust_remote_code)
+        return load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=dtype)
 
     def sources(self, prompts: list[Prompt], responses_text: list[str]) -> list[list[int]]:
         return [

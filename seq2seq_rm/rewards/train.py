@@ -19,7 +19,7 @@ from ..config import RMTrainConfig, to_dict
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write_json
 from ..outputs import check_output_dir
-from ..training import train_and_save, trainer_kwargs
+from ..training import resolve_stage_dtype, train_and_save, trainer_kwargs
 from .base import META_FILE
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,10 @@ def _check(cfg: RMTrainConfig):
     return open_run(cfg, "reward-model")
 
 
-def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
-    """The TRL trainer for ``cfg.kind`` on our own tokenisation; returns ``(trainer, example_stats)``."""
+def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path, dtype: str | None = None):
+    """The TRL trainer for ``cfg.kind`` on our own tokenisation; returns ``(trainer, example_stats)``.
+
+    ``dtype``: the resolved storage dtype (default: resolved from ``cfg`` here)."""
     from datasets import Dataset
     from transformers import set_seed
 
@@ -49,12 +51,14 @@ def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
     # train.seed also fixes what is drawn before the Trainer seeds itself: the scalar head and LoRA
     # adapters are initialised at random (without this two runs differ, and so would a resumed one)
     set_seed(opts.seed)
+    dtype = dtype or resolve_stage_dtype(cfg, f"the {cfg.kind} RM")
     if cfg.kind == "seq2seq":
         from trl import SFTConfig, SFTTrainer
 
         from .seq2seq import build_seq2seq_examples
 
-        model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
+        model = load_causal_lm(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code,
+                               dtype=dtype)
         ensure_pad_token(tokenizer, model)
         examples, stats = build_seq2seq_examples(
             records, tokenizer, cfg.template, cfg.mapping, opts.max_length, opts.truncation, opts.seed
@@ -63,21 +67,21 @@ def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
                                       "length": len(e["input_ids"])} for e in examples])
         if lora.enabled:
             model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-        args = SFTConfig(**trainer_kwargs(opts, out_dir), completion_only_loss=True, dataset_num_proc=None)
+        args = SFTConfig(**trainer_kwargs(opts, out_dir, dtype), completion_only_loss=True, dataset_num_proc=None)
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer), stats
 
     from trl import RewardConfig, RewardTrainer
 
     from .scalar import build_pair_examples
 
-    model = load_sequence_classifier(cfg.model, num_labels=1, trust_remote_code=cfg.trust_remote_code)
+    model = load_sequence_classifier(cfg.model, num_labels=1, trust_remote_code=cfg.trust_remote_code, dtype=dtype)
     ensure_pad_token(tokenizer, model)
     examples, stats = build_pair_examples(records, tokenizer, cfg.template, opts.max_length, opts.truncation)
     if lora.enabled:
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, task_type="SEQ_CLS")
     # remove_unused_columns=False keeps the "length" column for group_by_length (the preference
     # collator reads chosen_ids / rejected_ids only, so the extra column is harmless).
-    args = RewardConfig(**trainer_kwargs(opts, out_dir), center_rewards_coefficient=None, remove_unused_columns=False)
+    args = RewardConfig(**trainer_kwargs(opts, out_dir, dtype), center_rewards_coefficient=None, remove_unused_columns=False)
     rows = [{**e, "length": max(len(e["chosen_ids"]), len(e["rejected_ids"]))} for e in examples]  # group_by_length
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     return trainer, stats
@@ -86,6 +90,7 @@ def build_trainer(cfg: RMTrainConfig, records, tokenizer, out_dir: Path):
 def train_reward_model(cfg: RMTrainConfig) -> Path:
     """Train the RM described by ``cfg`` and write it to ``cfg.out``. Returns the folder."""
     run = _check(cfg)
+    dtype = resolve_stage_dtype(cfg, f"the {cfg.kind} RM")
     from ..data.loading import load_preferences
     from ..models.loading import load_tokenizer
     records, report = load_preferences(
@@ -97,8 +102,8 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     out = Path(cfg.out)
     with atomic_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:
-        trainer, stats = build_trainer(cfg, records, tokenizer, run.dir)
-        meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, run=run)
+        trainer, stats = build_trainer(cfg, records, tokenizer, run.dir, dtype)
+        meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, run=run, dtype=dtype)
         atomic_write_json(tmp / META_FILE, {
             "kind": cfg.kind,
             "template": to_dict(cfg.template),

@@ -36,7 +36,17 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..config import ExtractionConfig, LoraOptions, Options, TemplateConfig, opt, to_dict
+from ..config import (
+    DTYPE_HELP,
+    Dtype,
+    ExtractionConfig,
+    LoraOptions,
+    Options,
+    TemplateConfig,
+    check_precision,
+    opt,
+    to_dict,
+)
 from ..errors import ConfigError, Seq2SeqRMError
 from ..io import atomic_dir, atomic_write_json, clean_stale
 from ..layout import concat, response_logits, response_slice
@@ -95,7 +105,12 @@ class PPOConfig(Options):
         "hf", "rollout engine: hf (transformers generate on the actor itself) | vllm (vLLM, given the actor's "
         "weights before every rollout; one training process)")
     vllm: VLLMOptions = opt(VLLMOptions(), "vLLM engine options (engine=vllm)")
-    bf16: bool = opt(False, "bf16 autocast for forward passes in training")
+    bf16: bool = opt(False, "bf16 mixed precision: bf16 autocast of the forward passes over the stored weights "
+                            "(their dtype is `dtype`)")
+    dtype: Dtype = opt("float32", DTYPE_HELP + "; PPO: actor, critic backbone, reference and reward model")
+    gradient_checkpointing: bool = opt(
+        False, "recompute the actor's and critic's activations in the backward pass instead of storing them "
+               "(less memory, slower); non-reentrant torch checkpointing")
     actor_lora: LoraOptions = opt(LoraOptions(), "LoRA for the actor (merged into the saved policy)")
     critic_lora: LoraOptions = opt(LoraOptions(), "LoRA for the critic backbone")
     seed: int = opt(0, "seed for prompt order, sampling and minibatch order", ge=0)
@@ -118,8 +133,13 @@ class PPOConfig(Options):
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite contradict each other: resume continues the run in OUT.run/, "
                               "overwrite replaces it")
+        check_precision(self.dtype, self._full_training(), self.bf16, fp16_training_supported=False)
         if self.engine == "vllm":
             check_vllm_options(self.vllm)
+
+    def _full_training(self) -> dict[str, bool]:
+        """The trained models, and whether each trains all of its weights (no LoRA)."""
+        return {"the actor": not self.actor_lora.enabled, "the critic": not self.critic_lora.enabled}
 
 
 # Options a resumed run may change: bookkeeping, read afresh at every step.
@@ -243,16 +263,25 @@ class PPOTrainer:
 
     def _load_models(self, reward_model) -> None:
         """Tokenizer, template, reward model (with the run's extraction options), actor,
-        frozen reference and critic."""
-        from ..models.loading import load_causal_lm, load_tokenizer
+        frozen reference and critic, all stored in ``cfg.dtype`` (``auto``: the policy's own).
+
+        Under actor LoRA there is no reference model: the reference log-probs come from the actor's
+        own base with its adapters disabled (:meth:`reference_policy`)."""
+        from ..models.loading import dtype_name, load_causal_lm, load_tokenizer, resolve_dtype
         from ..models.lora import apply_lora
         from ..models.value import ValueModel
         from ..rewards import load_reward_model
 
         cfg = self.cfg
+        # One dtype for every role (recorded in policy.json); `auto` is the policy checkpoint's own.
+        self.dtype = dtype_name(resolve_dtype(cfg.dtype, cfg.policy, trust_remote_code=cfg.trust_remote_code))
+        if cfg.dtype == "auto":
+            check_precision(self.dtype, cfg._full_training(), cfg.bf16, fp16_training_supported=False,
+                            where=f"dtype=auto resolved to {self.dtype} (the policy checkpoint's own dtype)")
         self.tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
         self.template = cfg.template or read_policy_template(cfg.policy) or TemplateConfig()
-        self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code)
+        self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code,
+                                                    dtype=self.dtype)
         _check_same_tokenizer(self.tokenizer, self.rm.tokenizer, cfg.policy, cfg.rm)
         if cfg.extraction is not None:
             if self.rm.kind != "seq2seq":
@@ -261,12 +290,16 @@ class PPOTrainer:
             self.rm.extraction = cfg.extraction
 
         torch.manual_seed(cfg.seed)  # value head and LoRA init
-        actor = load_causal_lm(cfg.policy, trust_remote_code=cfg.trust_remote_code)
-        self.ref = load_causal_lm(cfg.policy, trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
-        self.ref.requires_grad_(False)
+        actor = load_causal_lm(cfg.policy, trust_remote_code=cfg.trust_remote_code, dtype=self.dtype)
+        self.ref = None  # under actor LoRA: the actor's base with the adapters off (reference_policy)
+        if not cfg.actor_lora.enabled:
+            self.ref = load_causal_lm(cfg.policy, trust_remote_code=cfg.trust_remote_code,
+                                      dtype=self.dtype).to(self.device).eval()
+            self.ref.requires_grad_(False)
         if cfg.critic_init == "rm":
             _check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.rm), cfg.policy, cfg.rm)
-        critic = ValueModel.from_folder(cfg.policy if cfg.critic_init == "policy" else cfg.rm, cfg.trust_remote_code)
+        critic = ValueModel.from_folder(cfg.policy if cfg.critic_init == "policy" else cfg.rm, cfg.trust_remote_code,
+                                        dtype=self.dtype)
         if cfg.actor_lora.enabled:
             lo = cfg.actor_lora
             actor = apply_lora(actor, lo.r, lo.alpha, lo.dropout, lo.target_modules)
@@ -274,6 +307,9 @@ class PPOTrainer:
             lo = cfg.critic_lora
             critic.backbone = apply_lora(critic.backbone, lo.r, lo.alpha, lo.dropout, lo.target_modules,
                                          task_type="FEATURE_EXTRACTION")
+        if cfg.gradient_checkpointing:
+            for model in (actor, critic.backbone):
+                enable_checkpointing(model)
         self._actor, self._critic = actor, critic
         # The scale against which a diverged update is recognised (see _check_update).
         self._scale = {name: _max_abs(m.parameters()) for name, m in (("actor", actor), ("critic", critic))}
@@ -400,7 +436,8 @@ class PPOTrainer:
             b.logp = L.logprobs_from_logits(logits, b.response_ids)
             b.entropy = L.entropy_from_logits(logits)
             del logits
-            ref_logits = policy_logits(self.ref, *args, temperature=self._temperature)
+            with self.reference_policy() as ref:
+                ref_logits = policy_logits(ref, *args, temperature=self._temperature)
             b.ref_logp = L.logprobs_from_logits(ref_logits, b.response_ids)
             b.values = critic_values(self.critic, *args).float()
         mask = b.response_mask
@@ -413,6 +450,21 @@ class PPOTrainer:
         b.advantages, b.returns = L.gae(b.shaped, b.values * mask, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             b.advantages = L.masked_whiten(b.advantages, mask, all_reduce=self._sum_over_processes)
+
+    @contextlib.contextmanager
+    def reference_policy(self):
+        """The frozen reference policy (the SFT policy), for no-grad forward passes.
+
+        Under actor LoRA it is the actor's own base with the adapters switched off (peft's
+        ``disable_adapter``): LoRA never changes the base weights, so they are exactly the SFT
+        policy, and no second copy of the model is held. Otherwise it is ``self.ref``.
+        """
+        if self.ref is not None:
+            yield self.ref
+            return
+        actor = self.acc.unwrap_model(self.actor)
+        with actor.disable_adapter():
+            yield actor
 
     @property
     def _sum_over_processes(self):
@@ -713,7 +765,8 @@ class PPOTrainer:
                 self.tokenizer.save_pretrained(tmp)
                 extraction = getattr(self.rm, "extraction", None)
                 atomic_write_json(tmp / POLICY_META, {
-                    "kind": "ppo-policy", "stage": "ppo", "template": to_dict(self.template),
+                    "kind": "ppo-policy", "stage": "ppo", "template": to_dict(self.template), "dtype": self.dtype,
+                    "saved_dtype": str(model.dtype).removeprefix("torch."),
                     "rm": self.cfg.rm, "rm_kind": self.rm.kind,
                     "extraction": to_dict(extraction) if self.rm.kind == "seq2seq" and extraction is not None else None,
                     "steps": self.step, "run": str(self.run_dir),
@@ -738,6 +791,21 @@ def _append_eos(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, eos: 
     ids = ids.scatter(1, at, torch.where(rows.unsqueeze(1), eos, ids.gather(1, at)))
     mask = mask.scatter(1, at, rows.unsqueeze(1) | mask.gather(1, at))
     return ids, mask
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing of a transformers model, a peft-wrapped one included.
+
+    Non-reentrant ``torch.utils.checkpoint``: it needs no input that requires grad, so a frozen
+    LoRA base works as is (transformers also hooks the input embeddings to require grad). Active in
+    ``train()`` mode only, i.e. in the PPO update, not in rollouts or the no-grad forward passes.
+    """
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):  # transformers >= 5.23
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # older 5.x: the same thing under its former name
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _max_abs(params) -> float:

@@ -529,6 +529,7 @@ def generate_to_file(
     split: str | None = None,
     subset: str | None = None,
     overwrite: bool = False,
+    dtype: str | None = None,
 ) -> int:
     """Generate one response per prompt of ``prompts_path`` and write JSONL rows
     ``{...the input row's other columns, "prompt", "response", "finished", "n_tokens"}``
@@ -537,7 +538,8 @@ def generate_to_file(
     ``template``: given, else the one the policy folder records, else ``TemplateConfig()``.
     With ``sampling.seed``, batch ``i`` is seeded with ``step_seed(seed, i)``: the file is
     reproducible. ``device``: default CUDA when available. An existing ``out_path`` is
-    replaced only with ``overwrite``.
+    replaced only with ``overwrite``. ``dtype``: the weights' storage dtype for engine ``hf``
+    (``auto``: the checkpoint's own; default float32); refused for ``vllm``, which chooses its own.
     """
     from ..data.loading import load_prompts
     from ..io import atomic_write_text
@@ -548,6 +550,11 @@ def generate_to_file(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if engine not in ENGINES:
         raise ConfigError(f"unknown generation engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if dtype not in (None, "auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(f"dtype must be one of auto, bfloat16, float16, float32; got {dtype!r}")
+    if dtype is not None and engine != "hf":
+        raise ConfigError(f"--dtype applies to the hf engine; the {engine} engine is not given a dtype here "
+                          "(it loads the model in its own default)")
     if engine == "vllm":
         check_vllm_options(VLLMOptions())
     check_output_file(out_path, overwrite, "responses")
@@ -556,7 +563,7 @@ def generate_to_file(
     template = template or read_policy_template(model_dir) or TemplateConfig()
     tokenizer = load_tokenizer(str(model_dir))
     if engine == "hf":
-        model = load_causal_lm(str(model_dir))
+        model = load_causal_lm(str(model_dir), dtype=dtype or "float32")
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         eng = HFEngine(model, tokenizer, template)
     else:
