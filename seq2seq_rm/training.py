@@ -45,11 +45,13 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
     """
     import torch
 
+    extra = dict(opts.trainer_args)  # checked by check_trainer_args: none of the keys below but use_cpu
     return dict(
         output_dir=str(out_dir),
         # transformers refuses bf16 without a bf16 GPU unless told the run is on the CPU (where bf16
         # autocast works); without this, train.bf16=true stopped with a ValueError on CPU machines.
-        use_cpu=opts.bf16 and not torch.cuda.is_available(),
+        # trainer_args.use_cpu=true (gloo data parallel on CPU) is honoured either way.
+        use_cpu=bool(extra.pop("use_cpu", False)) or (opts.bf16 and not torch.cuda.is_available()),
         num_train_epochs=opts.epochs,
         learning_rate=opts.lr,
         per_device_train_batch_size=opts.batch_size,
@@ -74,7 +76,7 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
         train_sampling_strategy="group_by_length" if opts.group_by_length else "random",
         length_column_name="length",
         disable_tqdm=True,  # TrainProgress is the one progress display (see the module docstring)
-        **opts.trainer_args,  # checked by check_trainer_args: none of the keys above
+        **extra,
     )
 
 
