@@ -438,6 +438,22 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
+# Options whose value is itself a mapping: one leaf when options are flattened for comparison.
+MAPPING_OPTIONS = ("trainer_args", "columns", "sft_rows")
+
+
+def flatten_options(tree: dict, prefix: str = "") -> dict:
+    """``to_dict`` output as ``{"group.option": value}`` (what a resume compares and reports);
+    a mapping-valued option (:data:`MAPPING_OPTIONS`) stays one leaf."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v and k not in MAPPING_OPTIONS:
+            out.update(flatten_options(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def _merge(base: dict, over: dict) -> dict:
     """``over`` on top of ``base``, merging nested mappings (lists and scalars are replaced)."""
     out = copy.deepcopy(base)

@@ -43,7 +43,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import to_dict
+from .config import flatten_options, to_dict
 from .errors import ConfigError, Seq2SeqRMError
 from .io import _tag, atomic_write_json, clean_stale
 
@@ -78,14 +78,6 @@ def published_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=_step)
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and k != "trainer_args" and k != "columns":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _damaged(path: Path, why: str) -> Seq2SeqRMError:
@@ -164,7 +156,7 @@ def open_run(cfg, kind: str) -> SupervisedRun:
 
 def _compare(saved: dict, now: dict, path: Path) -> None:
     """A ConfigError listing every option that differs from the checkpoint's, except RESUME_FREE."""
-    old, new = _flat(saved), _flat(now)
+    old, new = flatten_options(saved), flatten_options(now)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_FREE)
     if diff:
         listed = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in diff)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import TrainOptions
 from .errors import ConfigError
+from .io import is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,6 @@ def _number(value):
         return None
 
 
-def _isatty(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
 
 def _no_op(*args, **kwargs):
     return None
@@ -158,7 +153,7 @@ class TrainProgress:
         if not state.is_world_process_zero:
             return
         stream = self._stream if self._stream is not None else sys.stderr
-        tty = self._tty if self._tty is not None else _isatty(stream)
+        tty = self._tty if self._tty is not None else is_terminal(stream)
         if tty:
             from tqdm.auto import tqdm
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..config import TrainOptions, to_dict
+from ..config import TrainOptions, flatten_options, to_dict
 from ..errors import ConfigError
 from ..io import atomic_write_json, atomic_write_text
 from ..outputs import META_FILES, check_output_dir
@@ -308,7 +308,8 @@ def _resume_check(cfg: ExperimentConfig, out: Path, overwrite: bool) -> dict:
     if meta is None or meta.get("kind") != "experiment":
         raise ConfigError(f"cannot resume: {out} holds no experiment ({META_FILES['experiment']} is missing); "
                           "run without --resume")
-    old, new, default = _flat(meta.get("config") or {}), _flat(to_dict(cfg)), _flat(to_dict(ExperimentConfig()))
+    old, new = flatten_options(meta.get("config") or {}), flatten_options(to_dict(cfg))
+    default = flatten_options(to_dict(ExperimentConfig()))
     # an option newer than the stopped run, left at its default, keeps what that run did
     diff = [f"{k}: {old.get(k, '(unset)')!r} then, {new.get(k, '(unset)')!r} now"
             for k in sorted(set(old) | set(new))
@@ -319,15 +320,6 @@ def _resume_check(cfg: ExperimentConfig, out: Path, overwrite: bool) -> dict:
                           + "). Use the same options, or start again with --overwrite")
     return meta
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = False, resume: bool = False) -> Path:

@@ -48,7 +48,7 @@ from ..config import (
     to_dict,
 )
 from ..errors import ConfigError, Seq2SeqRMError
-from ..io import atomic_dir, atomic_write_json, clean_stale
+from ..io import atomic_dir, atomic_write_json, clean_stale, is_terminal
 from ..layout import concat, response_logits, response_slice
 from ..outputs import META_FILES, check_output_dir, read_policy_template
 from . import losses as L
@@ -890,7 +890,7 @@ class _Progress:
         self.total, self.step, self.enabled = total, initial, enabled
         self.every = max(1, total // self.LINES)
         self.bar = None
-        if enabled and _isatty(stream):
+        if enabled and is_terminal(stream):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="PPO", unit="step", dynamic_ncols=True, file=stream)
@@ -907,12 +907,6 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
 
-
-def _isatty(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def run_ppo(cfg: PPOConfig) -> Path:
