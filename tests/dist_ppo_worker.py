@@ -8,24 +8,12 @@ import json
 import sys
 
 import torch
+from helpers import EvenTokenRM  # tests/ is on sys.path: this script's own folder
 from safetensors.torch import save_file
 
 from seq2seq_rm.models.loading import load_tokenizer
-from seq2seq_rm.rewards.base import TokenRewards
 from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer
 from seq2seq_rm.rl.rollout import SamplingConfig
-
-
-class EvenTokenRM:
-    """+1 for every even token id: a dense reward that is non-zero on a random policy."""
-
-    kind = "seq2seq"
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def token_rewards(self, prompts, ids, mask):
-        return TokenRewards(rewards=((ids % 2 == 0) & mask).float(), mask=mask)
 
 
 def main(policy: str, prompts: str, out: str, steps: str, resume: str, normalize: str) -> None:

@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
-from helpers import train_options, write_jsonl
+from helpers import EvenTokenRM, train_options, write_jsonl
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from seq2seq_rm.config import LoraOptions, RMTrainConfig, load_config
 from seq2seq_rm.errors import ConfigError
-from seq2seq_rm.rewards.base import TokenRewards
 from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer, enable_checkpointing
 from seq2seq_rm.rl.rollout import SamplingConfig
 from seq2seq_rm.sft import SFTRunConfig
@@ -291,16 +290,6 @@ def test_checkpointing_gives_the_same_gradients_for_actor_lora_actor_and_critic(
             torch.testing.assert_close(checkpointed[n], plain[n], rtol=1e-5, atol=1e-7, msg=f"{kind} {n}")
 
 
-class EvenTokenRM:
-    """+1 for every even token id (a dense reward that moves a random policy)."""
-
-    kind = "seq2seq"
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def token_rewards(self, prompts, ids, mask):
-        return TokenRewards(rewards=((ids % 2 == 0) & mask).float(), mask=mask)
 
 
 def _ppo_cfg(policy, prompts, out, **kw) -> PPOConfig:

@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from helpers import CHAT, ECHO_SENTENCE, train_options, write_jsonl
+from helpers import CHAT, ECHO_SENTENCE, EvenTokenRM, train_options, write_jsonl
 
 pytestmark = pytest.mark.vllm_engine
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here: run under .venv-vllm (make test-vllm)")
@@ -23,7 +23,6 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from seq2seq_rm.data.templates import encode_text, render_prompt, resolve_style  # noqa: E402
 from seq2seq_rm.models.loading import load_tokenizer  # noqa: E402
-from seq2seq_rm.rewards.base import TokenRewards  # noqa: E402
 from seq2seq_rm.rl.rollout import HFEngine, SamplingConfig, VLLMEngine, VLLMOptions  # noqa: E402
 
 PROMPTS = ["What is two plus two?", "How do I fix a bike tyre?", "Name a colour.", "Say hello.",
@@ -189,16 +188,6 @@ def test_update_weights_folds_lora_in_and_leaves_the_actor_alone(engine, policy_
 # ------------------------------------------------------------------------------------ (c) PPO
 
 
-class EvenTokenRM:
-    """+1 for every even token id: a dense reward that moves any policy."""
-
-    kind = "seq2seq"
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def token_rewards(self, prompts, ids, mask):
-        return TokenRewards(rewards=((ids % 2 == 0) & mask).float(), mask=mask)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
