@@ -190,13 +190,15 @@ def _cuda_available() -> bool:
 
 
 def check_precision(dtype: str, full_training: dict[str, bool], bf16_autocast: bool = False,
-                    fp16_training_supported: bool = True, where: str = "") -> None:
+                    fp16_training_supported: bool = True, where: str = "", master_weights: bool = False) -> None:
     """Refuse a precision set-up that would not train (or not run) as asked.
 
     ``dtype``: the storage dtype (``auto`` is checked again once resolved against the checkpoint);
     ``full_training``: ``{role: True when all of its weights train (no LoRA)}`` for each model the
     command trains (empty for inference); ``bf16_autocast``: the ``bf16`` mixed-precision flag;
-    ``fp16_training_supported``: False for a loop with no loss scaling (PPO).
+    ``fp16_training_supported``: False for a loop with no loss scaling (PPO); ``master_weights``:
+    the trainer keeps float32 master weights and optimizer states for half-precision weights
+    (DeepSpeed with ``bf16.enabled``), which makes full-parameter bf16 training safe.
 
     The rules (README, "Precision and memory"):
 
@@ -213,7 +215,7 @@ def check_precision(dtype: str, full_training: dict[str, bool], bf16_autocast: b
         return
     prefix = f"{where}: " if where else ""
     full = [role for role, is_full in full_training.items() if is_full]
-    if dtype in HALF_DTYPES and full:
+    if dtype in HALF_DTYPES and full and not (master_weights and dtype == "bfloat16"):
         raise ConfigError(
             f"{prefix}dtype={dtype} with full-parameter training of {' and '.join(full)}: the trained weights and "
             f"AdamW's updates would be stored in {dtype}, which rounds away updates smaller than ~1/256 of a weight "

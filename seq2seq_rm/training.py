@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +48,16 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
     import torch
 
     extra = dict(opts.trainer_args)  # checked by check_trainer_args: none of the keys below but use_cpu
+    deepspeed = "deepspeed" in extra
+    if deepspeed and _cpu_deepspeed_launch():
+        extra["accelerator_config"] = {**(extra.get("accelerator_config") or {}), "use_configured_state": True}
     return dict(
         output_dir=str(out_dir),
         # transformers refuses bf16 without a bf16 GPU unless told the run is on the CPU (where bf16
         # autocast works); without this, train.bf16=true stopped with a ValueError on CPU machines.
-        # trainer_args.use_cpu=true (gloo data parallel on CPU) is honoured either way.
-        use_cpu=bool(extra.pop("use_cpu", False)) or (opts.bf16 and not torch.cuda.is_available()),
+        # trainer_args.use_cpu=true (gloo data parallel on CPU) is honoured either way. Not under
+        # DeepSpeed: use_cpu=true makes the Trainer drop DeepSpeed without a word.
+        use_cpu=bool(extra.pop("use_cpu", False)) or (opts.bf16 and not torch.cuda.is_available() and not deepspeed),
         num_train_epochs=opts.epochs,
         learning_rate=opts.lr,
         per_device_train_batch_size=opts.batch_size,
@@ -79,6 +84,25 @@ def trainer_kwargs(opts: TrainOptions, out_dir: Path, dtype: str = "float32") ->
         disable_tqdm=True,  # TrainProgress is the one progress display (see the module docstring)
         **extra,
     )
+
+
+def _cpu_deepspeed_launch() -> bool:
+    """DeepSpeed in several processes on a machine without CUDA (DeepSpeed's CPU accelerator):
+    transformers' TrainingArguments gives accelerate no process-group backend for DeepSpeed, and
+    accelerate picks none without a GPU, so every process would train alone, each with a world
+    of one (the launched-vs-seen check in train_run.train_in_run would then stop the run). Set up
+    accelerate's shared state with gloo first, once per process; the TrainingArguments then use it
+    (``accelerator_config.use_configured_state``). True when that was done (or had been)."""
+    import torch
+
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    from accelerate import PartialState
+
+    if not PartialState._shared_state:  # noqa: SLF001 - accelerate's documented singleton check
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+    return True
 
 
 def _checkpointing_args(enabled: bool) -> dict:
@@ -387,6 +411,10 @@ def check_trainer_args(args: dict, config_name: str, opts: TrainOptions | None =
     if "deepspeed" in args and importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(f"{name}.deepspeed needs the deepspeed package, which is not installed here: "
                           "pip install --no-build-isolation deepspeed (or drop the option)")
+    if "deepspeed" in args and args.get("use_cpu"):
+        raise ConfigError(f"{name}.deepspeed with {name}.use_cpu=true: the HF Trainer then drops DeepSpeed without "
+                          "a word and trains with plain data parallelism; leave use_cpu out (DeepSpeed runs on the "
+                          "CPU by itself when there is no GPU)")
     if not args:
         return
     cls = _trl_config(config_name)

@@ -52,6 +52,7 @@ from ..io import atomic_dir, atomic_write_json, clean_stale, is_terminal
 from ..layout import concat, response_logits, response_slice
 from ..outputs import META_FILES, check_output_dir, read_policy_template
 from . import losses as L
+from . import zero
 from .rollout import SamplingConfig, VLLMOptions, check_vllm_options, step_seed
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,14 @@ class PPOConfig(Options):
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite contradict each other: resume continues the run in OUT.run/, "
                               "overwrite replaces it")
-        check_precision(self.dtype, self._full_training(), self.bf16, fp16_training_supported=False)
+        launch = zero.launch_config()  # inside `accelerate launch` with DeepSpeed: checked now, before any loading
+        if launch is not None:
+            if not zero.installed():
+                raise ConfigError(zero.DEEPSPEED_MISSING)
+            zero.check_launch_config(launch[0], f"{launch[1]} (DeepSpeed config of this launch)", self.dtype,
+                                     zero.zero3_init_flag())
+        check_precision(self.dtype, self._full_training(), self.bf16, fp16_training_supported=False,
+                        master_weights=launch is not None and zero.master_weights(launch[0], self.dtype))
         if self.engine == "vllm":
             check_vllm_options(self.vllm)
 
@@ -226,10 +234,11 @@ class PPOTrainer:
 
         self.cfg = cfg
         self.rollout_metrics = rollout_metrics
-        self.acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-        if self.acc.distributed_type.name == "DEEPSPEED":
-            raise ConfigError("ppo does not support DeepSpeed yet (accelerate prepares one DeepSpeed engine per "
-                              "Accelerator, and PPO trains two models); use DDP, with LoRA to save memory")
+        self.acc = accelerator or Accelerator(**zero.accelerator_kwargs())
+        # DeepSpeed ZeRO: actor and critic get one engine each (rl/zero.py); otherwise accelerate's DDP.
+        self.ds = self.acc.distributed_type.name == "DEEPSPEED"
+        if self.ds and not zero.installed():
+            raise ConfigError(zero.DEEPSPEED_MISSING)
         self.device = self.acc.device
         self.out = Path(cfg.out)
         self.run_dir = self.out.parent / (self.out.name + ".run")
@@ -237,7 +246,10 @@ class PPOTrainer:
         self.step = 0
         self._stop = False
         self._check_paths(reward_model is None)
-        self._load_models(reward_model)
+        # under ZeRO-3 every model loads whole (the reference and the RM stay so; actor and critic are
+        # partitioned when their engines are built)
+        with zero.unpartitioned_loading(self.acc.state.deepspeed_plugin) if self.ds else nullcontext():
+            self._load_models(reward_model)
         self._build_optimizers()
         self._load_prompts()
 
@@ -277,7 +289,11 @@ class PPOTrainer:
         self.dtype = dtype_name(resolve_dtype(cfg.dtype, cfg.policy, trust_remote_code=cfg.trust_remote_code))
         if cfg.dtype == "auto":
             check_precision(self.dtype, cfg._full_training(), cfg.bf16, fp16_training_supported=False,
-                            where=f"dtype=auto resolved to {self.dtype} (the policy checkpoint's own dtype)")
+                            where=f"dtype=auto resolved to {self.dtype} (the policy checkpoint's own dtype)",
+                            master_weights=self.ds and zero.master_weights(self._ds_plugin_config(), self.dtype))
+        if self.ds:
+            zero.check_launch_config(self._ds_plugin_config(), "the DeepSpeed config of this launch", self.dtype,
+                                     zero3_init=zero.zero3_init_flag())
         self.tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
         self.template = cfg.template or read_policy_template(cfg.policy) or TemplateConfig()
         self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code,
@@ -312,7 +328,7 @@ class PPOTrainer:
                 enable_checkpointing(model)
         self._actor, self._critic = actor, critic
         # The scale against which a diverged update is recognised (see _check_update).
-        self._scale = {name: _max_abs(m.parameters()) for name, m in (("actor", actor), ("critic", critic))}
+        self._scale = {name: zero.largest_abs(m.parameters()) for name, m in (("actor", actor), ("critic", critic))}
 
     def _build_optimizers(self) -> None:
         """AdamW and a linear warm-up for actor and critic, prepared by accelerate; the rollout engine."""
@@ -326,7 +342,25 @@ class PPOTrainer:
         opts = [torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, weight_decay=cfg.weight_decay)
                 for m, lr in ((self._actor, cfg.actor_lr), (self._critic, cfg.critic_lr))]
         self.sch_a, self.sch_c = (torch.optim.lr_scheduler.LambdaLR(o, warmup) for o in opts)
-        self.actor, self.critic, self.opt_a, self.opt_c = self.acc.prepare(self._actor, self._critic, *opts)
+        if self.ds:
+            # One engine per trained model; the schedulers keep driving the AdamW param groups
+            # that DeepSpeed's ZeRO optimizer wraps (it keeps the same group dicts).
+            engines = []
+            for name, model, o in (("actor", self._actor, opts[0]), ("critic", self._critic, opts[1])):
+                conf = zero.engine_config(
+                    self._ds_plugin_config(), micro_batch=cfg.mini_batch_size // cfg.grad_accum,
+                    grad_accum=cfg.grad_accum, world=self.acc.num_processes, max_grad_norm=cfg.max_grad_norm, dtype=self.dtype,
+                    hidden_size=getattr(getattr(model, "config", None), "hidden_size", None),
+                    where=f"the DeepSpeed config of this launch ({name} engine)")
+                engines.append(zero.build_engine(model, o, conf))
+            self.actor, self.critic = engines
+            self.opt_a, self.opt_c = opts
+            self.zero_stage = zero.zero_stage(conf)
+            log.info("DeepSpeed ZeRO-%d: one engine each for actor and critic; reference and reward model are "
+                     "plain copies on every process", self.zero_stage)
+        else:
+            self.actor, self.critic, self.opt_a, self.opt_c = self.acc.prepare(self._actor, self._critic, *opts)
+            self.zero_stage = None
         del self._actor, self._critic
         self.engine = make_engine(cfg.engine, self.acc.unwrap_model(self.actor), self.tokenizer, self.template,
                                   vllm=self._vllm_options(), seed=cfg.seed, trust_remote_code=cfg.trust_remote_code)
@@ -335,6 +369,10 @@ class PPOTrainer:
             if cfg.adaptive_kl else L.FixedKLController(cfg.kl_coef)
         )
         self.reward_stats = L.RunningMoments()
+
+    def _ds_plugin_config(self) -> dict:
+        """The DeepSpeed config accelerate built for this launch (its plugin's), not modified."""
+        return self.acc.state.deepspeed_plugin.deepspeed_config
 
     def _vllm_options(self) -> VLLMOptions:
         """``cfg.vllm``, with the window defaulting to what PPO can use: the longest kept prompt
@@ -395,7 +433,11 @@ class PPOTrainer:
                                      "seed": step_seed(self.cfg.seed, step, self.acc.process_index)})
         self.actor.eval()
         self.engine.wake_up()
-        self.engine.update_weights(self.acc.unwrap_model(self.actor))
+        actor = self.acc.unwrap_model(self.actor)
+        # ZeRO-3: the full weights exist only inside this (collective) gather; the HF engine needs
+        # none (it generates through DeepSpeed's own per-layer gathers).
+        with zero.gathered(actor) if self.cfg.engine != "hf" else nullcontext():
+            self.engine.update_weights(actor)
         r = self.engine.generate(prompts, sampling)
         self.engine.sleep()  # vllm.enable_sleep_mode: free its memory while PPO trains
         return Batch(prompts=prompts, prompt_ids=r.prompt_ids.to(self.device), prompt_mask=r.prompt_mask.to(self.device),
@@ -488,8 +530,9 @@ class PPOTrainer:
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(len(b.prompts), generator=gen)
             for start in range(0, len(perm), cfg.mini_batch_size):
-                self.opt_a.zero_grad(set_to_none=True)
-                self.opt_c.zero_grad(set_to_none=True)
+                if not self.ds:  # a DeepSpeed engine zeroes its gradients in step()
+                    self.opt_a.zero_grad(set_to_none=True)
+                    self.opt_c.zero_grad(set_to_none=True)
                 rows = perm[start : start + cfg.mini_batch_size].to(b.response_ids.device)
                 n_tokens = b.response_mask[rows].sum().float().reshape(1)
                 if world > 1:
@@ -507,20 +550,39 @@ class PPOTrainer:
                     vl, vs = L.value_loss(values.float(), mb.values, mb.returns, mb.response_mask, cfg.value_clip,
                                           token_count=token_count)
                     _check_finite("loss", pl.detach() + vl.detach(), self.step + 1, self._latest_checkpoint())
-                    self.acc.backward(pl)
-                    self.acc.backward(cfg.vf_coef * vl)
+                    if self.ds:
+                        # DeepSpeed counts the micro-batches itself (gradient_accumulation_steps =
+                        # grad_accum): step() is a no-op until the last one of the minibatch, which
+                        # reduces, clips and applies. The loss is already normalised over the whole
+                        # minibatch, so DeepSpeed must not divide it again (scale_wrt_gas=False).
+                        last = m0 + micro >= len(rows)
+                        for engine, loss in ((self.actor, pl), (self.critic, cfg.vf_coef * vl)):
+                            if engine.is_gradient_accumulation_boundary() != last:
+                                raise RuntimeError("DeepSpeed's micro-batch count is out of step with the minibatches")
+                            engine.backward(loss, scale_wrt_gas=False)
+                            engine.step()
+                    else:
+                        self.acc.backward(pl)
+                        self.acc.backward(cfg.vf_coef * vl)
                     for k, v in {"policy_loss": pl.item(), "value_loss": vl.item(), **ps,
                                  **{f"value_{k}": v for k, v in vs.items()}}.items():
                         stats.setdefault(k, []).append(float(v))
-                norms = torch.stack([torch.as_tensor(self.acc.clip_grad_norm_(m.parameters(), cfg.max_grad_norm),
-                                                     dtype=torch.float32).to(self.device)
-                                     for m in (self.actor, self.critic)])
-                # A non-finite gradient would turn every weight into NaN: stop before applying it.
-                _check_finite("gradient norm", norms, self.step + 1, self._latest_checkpoint())
+                if self.ds:
+                    # the last engine.step clipped (gradient_clipping = max_grad_norm), applied and zeroed
+                    # in one call, so a non-finite gradient is seen after it was applied: _check_update
+                    # stops the run on the resulting weights, before any checkpoint can save them.
+                    norms = torch.tensor([float(e.get_global_grad_norm() or 0.0) for e in (self.actor, self.critic)])
+                    _check_finite("gradient norm", norms, self.step + 1, self._latest_checkpoint())
+                else:
+                    norms = torch.stack([torch.as_tensor(self.acc.clip_grad_norm_(m.parameters(), cfg.max_grad_norm),
+                                                         dtype=torch.float32).to(self.device)
+                                         for m in (self.actor, self.critic)])
+                    # A non-finite gradient would turn every weight into NaN: stop before applying it.
+                    _check_finite("gradient norm", norms, self.step + 1, self._latest_checkpoint())
+                    self.opt_a.step()
+                    self.opt_c.step()
                 stats.setdefault("grad_norm_actor", []).append(float(norms[0]))
                 stats.setdefault("grad_norm_critic", []).append(float(norms[1]))
-                self.opt_a.step()
-                self.opt_c.step()
                 self.sch_a.step()
                 self.sch_c.step()
         self._check_update()
@@ -531,8 +593,9 @@ class PPOTrainer:
         non-finite parameter, or one over ``DIVERGED_GROWTH`` times the largest initial
         parameter (an exploding step, e.g. a far too large learning rate, gives finite but
         meaningless weights whose outputs can still look finite)."""
+        reduce_max = (lambda x: self.acc.reduce(x.to(self.device), reduction="max")) if self.zero_stage == 3 else None
         for name, model in (("actor", self.actor), ("critic", self.critic)):
-            largest = _max_abs(p for p in model.parameters() if p.requires_grad)
+            largest = zero.largest_abs((p for p in model.parameters() if p.requires_grad), reduce_max)
             if not math.isfinite(largest):
                 raise _stop(f"the {name} update produced non-finite weights (NaN or inf)", self.step + 1,
                             self._latest_checkpoint())
@@ -670,23 +733,43 @@ class PPOTrainer:
         alike); optimizer/scheduler/RNG state to ``optim.pt``, our own file, read back with
         ``weights_only=True``. Only weights that passed ``_check_update`` get here.
         """
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file, save_model
 
         path = self.ckpt_dir / f"step-{self.step:06d}"
         self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            with atomic_dir(path, replace=True) as tmp:
-                save_model(self.acc.unwrap_model(self.actor), str(tmp / "actor.safetensors"))
-                save_model(self.acc.unwrap_model(self.critic), str(tmp / "critic.safetensors"))
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_dir(path, replace=True)) if self.acc.is_main_process else None
+            if self.ds:
+                # Every process writes its own ZeRO shards (optimizer states, and under ZeRO-3 the
+                # weights) into rank 0's temporary folder (a file system all processes share), then
+                # the folder is published by one rename as usual.
+                from accelerate.utils import broadcast_object_list
+
+                tmp = Path(broadcast_object_list([str(tmp) if tmp else None], from_process=0)[0])
+                for name, engine in (("actor", self.actor), ("critic", self.critic)):
+                    engine.save_checkpoint(str(tmp / "deepspeed"), tag=name, save_latest=False)
+            actor, critic = self.acc.unwrap_model(self.actor), self.acc.unwrap_model(self.critic)
+            with zero.gathered(actor, critic):
+                if self.acc.is_main_process:
+                    for name, model in (("actor", actor), ("critic", critic)):
+                        if self.ds:  # ZeRO keeps weights as views of flat buffers, which save_model refuses
+                            save_file(zero.full_state_dict(model), str(tmp / f"{name}.safetensors"))
+                        else:
+                            save_model(model, str(tmp / f"{name}.safetensors"))
+            self.acc.wait_for_everyone()
+            if self.acc.is_main_process:
                 torch.save({
-                    "opt_a": self.opt_a.state_dict(), "opt_c": self.opt_c.state_dict(),
+                    # under DeepSpeed the optimizer states are in deepspeed/ (one shard per process)
+                    **({} if self.ds else {"opt_a": self.opt_a.state_dict(), "opt_c": self.opt_c.state_dict()}),
                     "sch_a": self.sch_a.state_dict(), "sch_c": self.sch_c.state_dict(),
                     "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 }, tmp / "optim.pt")
                 atomic_write_json(tmp / "state.json", {
                     "step": self.step, "kl_ctl": self.kl_ctl.state_dict(),
                     "reward_stats": self.reward_stats.state_dict(), "config": to_dict(self.cfg),
+                    "deepspeed_zero_stage": self.zero_stage,
                 })
+        if self.acc.is_main_process:
             older = sorted(p for p in self.ckpt_dir.glob("step-*") if p.name < path.name)
             for old in older[: max(len(older) - (self.cfg.keep_checkpoints - 1), 0)]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -708,13 +791,26 @@ class PPOTrainer:
         except (OSError, ValueError) as e:
             raise self._damaged(path, e) from None
         changed = self._compare_config(state.get("config") or {}, path)
+        saved_stage = state.get("deepspeed_zero_stage")
+        if saved_stage != self.zero_stage:
+            def what(stage):
+                return "DDP (no DeepSpeed)" if stage is None else f"DeepSpeed ZeRO-{stage}"
+            raise ConfigError(f"checkpoint {path} was written by a {what(saved_stage)} run and this launch is "
+                              f"{what(self.zero_stage)}; resume it with the launch config it was started with")
         try:
-            device = "cpu" if self.device.type == "cpu" else str(self.device)  # safetensors refuses "cpu:0"
-            load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=device)
-            load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=device)
             opt = torch.load(path / "optim.pt", weights_only=True)
-            self.opt_a.load_state_dict(opt["opt_a"])
-            self.opt_c.load_state_dict(opt["opt_c"])
+            if self.ds:  # weights and optimizer shards, each process its own
+                for name, engine in (("actor", self.actor), ("critic", self.critic)):
+                    done, _ = engine.load_checkpoint(str(path / "deepspeed"), tag=name, load_optimizer_states=True,
+                                                     load_lr_scheduler_states=False)
+                    if done is None:
+                        raise FileNotFoundError(f"{path / 'deepspeed' / name}: no DeepSpeed checkpoint")
+            else:
+                device = "cpu" if self.device.type == "cpu" else str(self.device)  # safetensors refuses "cpu:0"
+                load_model(self.acc.unwrap_model(self.actor), str(path / "actor.safetensors"), device=device)
+                load_model(self.acc.unwrap_model(self.critic), str(path / "critic.safetensors"), device=device)
+                self.opt_a.load_state_dict(opt["opt_a"])
+                self.opt_c.load_state_dict(opt["opt_c"])
             self.sch_a.load_state_dict(opt["sch_a"])
             self.sch_c.load_state_dict(opt["sch_c"])
             torch.set_rng_state(opt["torch_rng"])
@@ -751,29 +847,39 @@ class PPOTrainer:
         return {k: v for k, v in diff.items() if k in RESUME_APPLIED}
 
     def save_policy(self) -> Path:
-        from ..models.lora import merge_lora
-
         self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            model = self.acc.unwrap_model(self.actor)
-            if self.cfg.actor_lora.enabled:
-                import copy
-
-                model = merge_lora(copy.deepcopy(model))
-            with atomic_dir(self.out, replace=True) as tmp:  # checked at start: ours, or allowed
-                model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-                extraction = getattr(self.rm, "extraction", None)
-                atomic_write_json(tmp / POLICY_META, {
-                    "kind": "ppo-policy", "stage": "ppo", "template": to_dict(self.template), "dtype": self.dtype,
-                    "saved_dtype": str(model.dtype).removeprefix("torch."),
-                    "rm": self.cfg.rm, "rm_kind": self.rm.kind,
-                    "extraction": to_dict(extraction) if self.rm.kind == "seq2seq" and extraction is not None else None,
-                    "steps": self.step, "run": str(self.run_dir),
-                })
-            log.info("wrote the PPO policy to %s (metrics, samples and checkpoints in %s)", self.out, self.run_dir)
+        actor = self.acc.unwrap_model(self.actor)
+        with zero.gathered(actor):  # ZeRO-3: the full weights, on every process (collective)
+            if self.acc.is_main_process:
+                self._write_policy(actor)
         self.acc.wait_for_everyone()
         return self.out
+
+    def _write_policy(self, model) -> None:
+        from ..models.lora import merge_lora
+        from .rollout import policy_state_dict
+
+        save_kwargs = {}
+        if self.zero_stage == 3:  # gathered parameters: read them out (LoRA folded in), copy nothing
+            save_kwargs["state_dict"] = policy_state_dict(model)
+            if self.cfg.actor_lora.enabled:
+                model = model.get_base_model()
+        elif self.cfg.actor_lora.enabled:
+            import copy
+
+            model = merge_lora(copy.deepcopy(model))
+        with atomic_dir(self.out, replace=True) as tmp:  # checked at start: ours, or allowed
+            model.save_pretrained(tmp, **save_kwargs)
+            self.tokenizer.save_pretrained(tmp)
+            extraction = getattr(self.rm, "extraction", None)
+            atomic_write_json(tmp / POLICY_META, {
+                "kind": "ppo-policy", "stage": "ppo", "template": to_dict(self.template), "dtype": self.dtype,
+                "saved_dtype": str(model.dtype).removeprefix("torch."),
+                "rm": self.cfg.rm, "rm_kind": self.rm.kind,
+                "extraction": to_dict(extraction) if self.rm.kind == "seq2seq" and extraction is not None else None,
+                "steps": self.step, "run": str(self.run_dir),
+            })
+        log.info("wrote the PPO policy to %s (metrics, samples and checkpoints in %s)", self.out, self.run_dir)
 
 
 # --------------------------------------------------------------------------------------
@@ -806,12 +912,6 @@ def enable_checkpointing(model) -> None:
         target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:  # older 5.x: the same thing under its former name
         target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def _max_abs(params) -> float:
-    """Largest absolute value over ``params`` (inf/NaN propagate)."""
-    values = [p.detach().abs().max().float() for p in params if p.numel()]
-    return float(torch.stack(values).max()) if values else 0.0
 
 
 def _set_lr(scheduler, lr: float) -> None:
