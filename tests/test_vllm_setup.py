@@ -50,11 +50,16 @@ def test_vllm_accepted_when_installed_on_one_process(vllm_installed, cpu_only):
     assert cfg.vllm == VLLMOptions(kv_cache_gib=0.25, max_model_len=512)
 
 
-def test_vllm_refuses_a_multi_process_run(vllm_installed, monkeypatch):
+def test_vllm_in_a_multi_process_run_is_one_engine_per_process(vllm_installed, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match=r"one training process, not 2 \(WORLD_SIZE\)"):
-        PPOConfig(engine="vllm")
-    PPOConfig(engine="hf")  # DDP with the HF engine stays allowed
+    PPOConfig(engine="vllm")  # colocated: each process its own engine (tests/optional/test_vllm_engine.py)
+    with pytest.raises(ConfigError, match=r"with 2 training processes runs one vLLM engine inside each process.*"
+                                          r"tensor_parallel_size must be 1, not 2"):
+        load_config(PPOConfig, None, ["engine=vllm", "vllm.tensor_parallel_size=2"])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    load_config(PPOConfig, None, ["engine=vllm", "vllm.tensor_parallel_size=2"])  # one process: fine
 
 
 def test_vllm_gpu_options_are_refused_on_cpu(vllm_installed, cpu_only):

@@ -104,7 +104,7 @@ class PPOConfig(Options):
     sampling: SamplingConfig = opt(SamplingConfig(), "rollout sampling")
     engine: Literal["hf", "vllm"] = opt(
         "hf", "rollout engine: hf (transformers generate on the actor itself) | vllm (vLLM, given the actor's "
-        "weights before every rollout; one training process)")
+        "weights before every rollout; one engine per training process)")
     vllm: VLLMOptions = opt(VLLMOptions(), "vLLM engine options (engine=vllm)")
     bf16: bool = opt(False, "bf16 mixed precision: bf16 autocast of the forward passes over the stored weights "
                             "(their dtype is `dtype`)")

@@ -102,15 +102,18 @@ class VLLMOptions(Options):
 
 def check_vllm_options(options: VLLMOptions) -> None:
     """The environment checks of ``engine=vllm``, made when the config is read (before any work):
-    vLLM installed; one training process; GPU-only options only with enough GPUs."""
+    vLLM installed; with several training processes, one engine per process (no tensor
+    parallelism across them); GPU-only options only with enough GPUs."""
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(VLLM_MISSING)
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
+    if world > 1 and options.tensor_parallel_size > 1:
         raise ConfigError(
-            f"engine=vllm runs with one training process, not {world} (WORLD_SIZE): every process would start "
-            "its own vLLM engine, whose distributed set-up is not coordinated with the trainer's; run one "
-            "process (vllm.tensor_parallel_size shards the engine over GPUs), or use engine=hf")
+            f"engine=vllm with {world} training processes runs one vLLM engine inside each process (colocated, "
+            f"on that process's GPU), so vllm.tensor_parallel_size must be 1, not {options.tensor_parallel_size}: "
+            "sharding one engine over several training processes would need every process of a shard to generate "
+            "the same prompts, which this loop does not do. Use tensor_parallel_size=1 (ZeRO-3 shards the "
+            "training side), or one training process")
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if options.enable_sleep_mode and not gpus:
         raise ConfigError("vllm.enable_sleep_mode=true needs a GPU: vLLM's CPU build ignores sleep() (nothing "
@@ -368,7 +371,9 @@ class VLLMEngine:
     the trainer agree.
 
     The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the
-    environment sets it): vLLM then reseeds the global RNGs when it starts (undone here) and
+    environment sets it); under a launcher with several processes every process has its own
+    engine (vLLM's ``external_launcher`` executor, tensor parallel size 1), fed by that process's
+    share of the prompts and its own weights push. Otherwise: vLLM then reseeds the global RNGs when it starts (undone here) and
     its CPU build replaces ``torch.set_num_threads`` with a no-op for the rest of the process.
     """
 
@@ -397,8 +402,12 @@ class VLLMEngine:
             else:
                 cfg = json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
                 dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
         kw = dict(
             model=path, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
+            # several training processes (torchrun / accelerate launch): each runs its own engine inside
+            # its own process, joined to the launcher's process group (vLLM's "external launcher")
+            **({"distributed_executor_backend": "external_launcher"} if world > 1 else {}),
             tensor_parallel_size=options.tensor_parallel_size,
             gpu_memory_utilization=options.gpu_memory_utilization,
             # Prompts arrive as token ids and we decode ourselves; the folder's sampling defaults are ignored.

@@ -232,3 +232,34 @@ def test_ppo_with_vllm_rollouts_stays_on_policy(engine, policy_dir, tok, tmp_pat
     metrics = [json.loads(line) for line in (tmp_path / "out.run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(m["engine_logp_gap"] < ATOL for m in metrics)
     assert (tmp_path / "out" / "policy.json").is_file()
+
+
+def test_two_training_processes_each_roll_out_with_their_own_engine_on_policy(policy_dir, tmp_path):
+    """torchrun, 2 processes (gloo on CPU): every process runs its own vLLM engine inside it
+    (vLLM's external_launcher executor), gets the actor's weights before each rollout, and stays
+    on-policy (engine_logp_gap, the engine's log-probs of the sampled tokens against the actor's, is
+    fp32 noise at every step); the DDP replicas stay identical and the weights move."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[2]
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS * 2])
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29671",
+           str(root / "tests" / "dist_ppo_worker.py"), policy_dir, prompts, str(out), "3", "0", "0", "1", "vllm"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    w0, w1 = (load_file(f"{out}.rank{r}.safetensors") for r in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    sft = load_file(os.path.join(policy_dir, "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert float((w0[f"actor.{key}"] - sft[key]).abs().max()) > 1e-4  # it trained
+    metrics = [json.loads(line) for line in (tmp_path / "out.run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(m["engine_logp_gap"] < ATOL for m in metrics), [m["engine_logp_gap"] for m in metrics]
