@@ -20,10 +20,52 @@ def test_a_shipped_config_loads(name, cls):
     assert isinstance(cfg, cls)
 
 
+def test_the_8_gpu_7b_configs_load_as_on_their_machine(monkeypatch, tmp_path):
+    """configs/qwen7b_8gpu/: read as on the node it is meant for (8 CUDA devices, vLLM installed,
+    inside `accelerate launch` with configs/accelerate_deepspeed_zero3.yaml), since the config checks
+    look at the machine. The PPO one: bf16 full-model storage is allowed there only because DeepSpeed
+    keeps float32 master weights; LoRA keeps the reference free. The SFT/RM ones are checked without
+    their trainer_args.deepspeed (building TRL's config with it needs DeepSpeed and a GPU), which
+    must name the shipped ZeRO-3 file."""
+    import importlib.util
+
+    import torch
+    import yaml
+
+    from seq2seq_rm.config import RMTrainConfig
+    from seq2seq_rm.rl import rollout, zero
+    from seq2seq_rm.sft import SFTRunConfig
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(rollout.importlib.util, "find_spec",
+                        lambda name, *a: object() if name in ("vllm", "deepspeed") else real(name, *a))
+    monkeypatch.setattr(zero, "installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(CONFIGS / "deepspeed" / "zero3.json"))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false")
+    folder = CONFIGS / "qwen7b_8gpu"
+    for name, cls in (("sft.yaml", SFTRunConfig), ("rm.yaml", RMTrainConfig)):
+        raw = yaml.safe_load((folder / name).read_text())
+        assert raw["train"]["trainer_args"].pop("deepspeed") == "configs/deepspeed/zero3.json"
+        (tmp_path / name).write_text(yaml.safe_dump(raw))
+        cfg = load_config(cls, tmp_path / name)
+        assert cfg.train.bf16 and cfg.dtype == "float32"  # DeepSpeed's bf16 with float32 master weights
+    ppo = load_config(PPOConfig, folder / "ppo.yaml")
+    assert ppo.dtype == "bfloat16" and ppo.engine == "vllm" and ppo.vllm.enable_sleep_mode
+    assert ppo.actor_lora.enabled and ppo.gradient_checkpointing
+    script = (folder / "run.sh").read_text()
+    for name in ("sft.yaml", "rm.yaml", "ppo.yaml", "accelerate_deepspeed_zero3.yaml"):
+        assert name in script
+
+
 def test_every_shipped_option_config_is_checked_above():
     checked = {"smollm2_smoke.yaml", "smollm2_gpu.yaml", "ppo_tiny.yaml"}
     accelerate = {p.name for p in CONFIGS.glob("accelerate_*.yaml")}  # accelerate's own format
     assert {p.name for p in CONFIGS.glob("*.yaml")} == checked | accelerate
+    assert {p.name for p in (CONFIGS / "qwen7b_8gpu").iterdir()} == {"sft.yaml", "rm.yaml", "ppo.yaml", "run.sh"}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("accelerate_*.yaml")), ids=lambda p: p.name)
