@@ -92,10 +92,10 @@ def test_zero_resumes_as_if_never_stopped(setup, tiny_model_dir, stage):
     _assert_close(resumed, load_file(f"{straight}.rank0.safetensors"), atol=1e-6)
 
 
-def _sft(policy, data, out, port, *extra):
+def _sft(policy, data, out, port, *extra, launcher=("torch.distributed.run", "--nproc_per_node", "2")):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "seq2seq_rm.cli", "sft", "--model", policy, "--data", data, "--out", str(out), "limit=32",
+    port_flag = "--master_port" if launcher[0] == "torch.distributed.run" else "--main_process_port"
+    cmd = [sys.executable, "-m", *launcher, port_flag, str(port), "-m", "seq2seq_rm.cli", "sft", "--model", policy, "--data", data, "--out", str(out), "limit=32",
            "train.batch_size=4", "train.epochs=1", "train.lr=1e-3", "train.save_steps=2", *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -107,7 +107,9 @@ def test_sft_passes_deepspeed_to_the_trainer_and_matches_ddp(tiny_model_dir, sam
     joined over gloo first (training._cpu_deepspeed_launch), or each would train alone."""
     ddp = _sft(tiny_model_dir, sample_file, tmp_path / "ddp", 29661, "train.trainer_args.use_cpu=true")
     z2 = _sft(tiny_model_dir, sample_file, tmp_path / "z2", 29662,
-              "train.trainer_args.deepspeed=configs/deepspeed/zero2.json")
+              "train.trainer_args.deepspeed=configs/deepspeed/zero2.json",
+              launcher=("accelerate.commands.launch", "--config_file", "configs/accelerate_deepspeed_zero2.yaml",
+                        "--num_processes", "2"))  # as configs/qwen7b_8gpu/run.sh launches it
     shards = sorted(p.name for p in (tmp_path / "z2.run" / "checkpoints").rglob("zero_pp_rank_*_optim_states.pt"))
     assert shards and {s.split("_")[3] for s in shards} == {"0", "1"}  # DeepSpeed ran, over both processes
     base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
