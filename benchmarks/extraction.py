@@ -65,7 +65,7 @@ from _smollm2 import smollm2_folder  # noqa: E402
 
 from seq2seq_rm.config import ExtractionConfig, TemplateConfig  # noqa: E402
 from seq2seq_rm.data.templates import encode_text, render_prompt  # noqa: E402
-from seq2seq_rm.layout import fit_to_length, left_pad  # noqa: E402
+from seq2seq_rm.layout import concat, fit_to_length, left_pad  # noqa: E402
 from seq2seq_rm.models.loading import load_causal_lm, load_sequence_classifier, load_tokenizer  # noqa: E402
 from seq2seq_rm.models.tiny import SIZES, build_tiny_model  # noqa: E402
 from seq2seq_rm.rewards.scalar import ScalarRewardModel  # noqa: E402
@@ -221,6 +221,42 @@ def count_tokens(model, call) -> dict[str, int]:
     return seen
 
 
+def breakdown_calls(seq2seq, scalar, prompts, ids, mask) -> dict:
+    """``--breakdown``: the pieces of the two one-pass methods on the benchmark batch, as calls to
+    time beside them: each backbone alone over its method's input (built as ``token_rewards``
+    builds it; every response here is exactly T tokens, so packing changes nothing) and the seq2seq
+    RM's LM head alone over the T+1 positions it keeps (``logits_to_keep``)."""
+    tok, t = seq2seq.tokenizer, ids.shape[1]
+    texts = tok.batch_decode(ids.tolist(), skip_special_tokens=True)
+    sources = [fit_to_length(x, [0] * t, seq2seq.max_length, "truncate")[0] for x in seq2seq.sources(prompts, texts)]
+    s2s_input = concat(*left_pad(sources, seq2seq.pad_id), ids, mask)
+    scalar_prompts = [
+        fit_to_length(
+            encode_text(render_prompt(p, scalar.template, tok, scalar.style), tok, scalar.style),
+            [0] * t,
+            scalar.max_length,
+            "truncate",
+        )[0]
+        for p in prompts
+    ]
+    scalar_input = concat(*left_pad(scalar_prompts, scalar.pad_id), ids, mask)
+    s2s_backbone = getattr(seq2seq.model, seq2seq.model.base_model_prefix)
+    scalar_backbone = getattr(scalar.model, scalar.model.base_model_prefix)
+
+    def run(backbone, inputs):
+        input_ids, attention, pos = inputs
+        return backbone(input_ids=input_ids, attention_mask=attention, position_ids=pos).last_hidden_state
+
+    with torch.inference_mode():
+        kept = run(s2s_backbone, s2s_input)[:, -(t + 1) :]
+    head = seq2seq.model.get_output_embeddings()
+    return {
+        "seq2seq backbone only": lambda: run(s2s_backbone, s2s_input),
+        "seq2seq LM head only": lambda: head(kept),
+        "scalar backbone only": lambda: run(scalar_backbone, scalar_input),
+    }
+
+
 def time_methods(calls: dict, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Wall seconds and process CPU seconds per call for each method: one warm-up each, then
     ``repeats`` interleaved rounds (the order rotates every round so no method always runs first).
@@ -270,6 +306,11 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all CPU cores)"
+    )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the backbones alone and the seq2seq RM's LM head alone (interleaved with the rest)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
     args = p.parse_args(argv)
@@ -330,6 +371,8 @@ def main(argv=None) -> int:
         "scalar": lambda: scalar.token_rewards(prompts, ids, mask),
         "generate-then-compare": lambda: generate_then_compare(seq2seq, prompts, ids),
     }
+    if args.breakdown:
+        calls.update(breakdown_calls(seq2seq, scalar, prompts, ids, mask))
     with torch.inference_mode():
         times, cpu_times = time_methods(calls, args.repeats)
     med = {name: statistics.median(v) for name, v in times.items()}
@@ -417,6 +460,19 @@ def main(argv=None) -> int:
         f"{cpu_ratio / floor['padded']:.3f}x, generate-then-compare / seq2seq "
         f"{med_cpu['generate-then-compare'] / med_cpu['seq2seq']:.2f}x"
     )
+    parts = [name for name in times if name not in METHODS]
+    if parts:
+        print()
+        print("breakdown (--breakdown; same interleaved rounds)")
+        print(f"{'part':<24}{'median s':>10}{'median CPU s':>14}{'share of its method (CPU)':>28}")
+        for name in parts:
+            method = name.split()[0]
+            print(f"{name:<24}{med[name]:>10.4f}{med_cpu[name]:>14.4f}{med_cpu[name] / med_cpu[method]:>27.1%}")
+        bb = med_cpu["seq2seq backbone only"] / med_cpu["scalar backbone only"]
+        print(
+            f"backbones alone: seq2seq / scalar {bb:.2f}x = {bb / floor['padded']:.3f}x the padded floor (CPU time); "
+            f"with the LM head: {(med_cpu['seq2seq backbone only'] + med_cpu['seq2seq LM head only']) / med_cpu['scalar backbone only'] / floor['padded']:.3f}x"
+        )
 
     if args.json:
         result = {
@@ -432,7 +488,7 @@ def main(argv=None) -> int:
                     "median_cpu_s": med_cpu[name],
                     "cpu_times_s": cpu_times[name],
                 }
-                for name in METHODS
+                for name in times
             },
             "ratios_cpu_time": {
                 "seq2seq / scalar": cpu_ratio,

@@ -13,6 +13,7 @@ import torch
 from helpers import EvenTokenRM  # tests/ is on sys.path: this script's own folder
 from safetensors.torch import save_file
 
+from seq2seq_rm.config import LoraOptions
 from seq2seq_rm.models.loading import load_tokenizer
 from seq2seq_rm.rl.ppo import PPOConfig, PPOTrainer
 from seq2seq_rm.rl.rollout import SamplingConfig, VLLMOptions
@@ -20,13 +21,17 @@ from seq2seq_rm.rl.zero import gathered
 
 
 def main(policy: str, prompts: str, out: str, steps: str, resume: str, normalize: str, grad_accum: str = "1",
-         engine: str = "hf") -> None:
+         engine: str = "hf", variant: str = "") -> None:
+    """``variant`` ``lora-bf16``: actor and critic LoRA over bfloat16 storage (under DeepSpeed: its bf16
+    with float32 master weights)."""
     torch.set_num_threads(1)
     tok = load_tokenizer(policy)
     cfg = PPOConfig(policy=policy, prompts=prompts, out=out, steps=int(steps), batch_size=4, mini_batch_size=2,
                     ppo_epochs=1, grad_accum=int(grad_accum), actor_lr=1e-3, critic_lr=1e-3, kl_coef=0.0, save_every=0, sample_every=0,
                     resume=resume == "1", normalize_rewards=normalize == "1", sampling=SamplingConfig(max_new_tokens=6), engine=engine,
-                    vllm=VLLMOptions(kv_cache_gib=0.25))
+                    vllm=VLLMOptions(kv_cache_gib=0.25),
+                    **({"dtype": "bfloat16", "actor_lora": LoraOptions(enabled=True, r=4, alpha=8),
+                        "critic_lora": LoraOptions(enabled=True, r=4, alpha=8)} if variant == "lora-bf16" else {}))
     trainer = PPOTrainer(cfg, reward_model=EvenTokenRM(tok))
     trainer.train()
     rank = trainer.acc.process_index
@@ -41,4 +46,4 @@ def main(policy: str, prompts: str, out: str, steps: str, resume: str, normalize
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:9])
+    main(*sys.argv[1:10])

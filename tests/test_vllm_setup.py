@@ -129,3 +129,30 @@ def test_policy_state_dict_folds_lora_in_without_touching_the_model(tiny_model_d
     after = actor.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     assert not any(getattr(m, "merged", False) for m in actor.modules())
+
+
+
+def test_policy_state_dict_can_fold_lora_in_float32_over_a_bf16_base(tiny_model_dir):
+    """How a ZeRO-3 LoRA policy is saved: under DeepSpeed's bf16 the adapters are bfloat16 too, and a
+    small update survives when the sum is taken in float32 (dtype=torch.float32), while in bfloat16
+    it is rounded away."""
+    from transformers import AutoModelForCausalLM
+
+    from seq2seq_rm.models.lora import apply_lora
+    from seq2seq_rm.rl.rollout import policy_state_dict
+
+    actor = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16), r=4, alpha=8)
+    name = "model.layers.0.mlp.up_proj"
+    layer = actor.get_base_model().get_submodule(name)
+    with torch.no_grad():
+        layer.base_layer.weight.fill_(1.0)
+        layer.lora_A["default"].weight.fill_(0.0)
+        layer.lora_A["default"].weight[:, 0] = 1.0
+        layer.lora_B["default"].weight.fill_(1e-4)  # delta = (alpha/r = 2) * (r = 4) * 1e-4 = 8e-4 in column 0
+    actor.to(torch.bfloat16)  # as DeepSpeed's bf16 casts the whole module, adapters included
+    exact = policy_state_dict(actor, dtype=torch.float32)[f"{name}.weight"]
+    assert exact.dtype == torch.float32
+    assert torch.allclose(exact[:, 0], torch.full_like(exact[:, 0], 1.0008), atol=1e-5)
+    assert torch.equal(exact[:, 1:], torch.ones_like(exact[:, 1:]))
+    rounded = policy_state_dict(actor)[f"{name}.weight"]
+    assert rounded.dtype == torch.bfloat16 and torch.equal(rounded.float(), torch.ones_like(exact))

@@ -860,9 +860,13 @@ class PPOTrainer:
         from .rollout import policy_state_dict
 
         save_kwargs = {}
+        saved_dtype = None
         if self.zero_stage == 3:  # gathered parameters: read them out (LoRA folded in), copy nothing
-            save_kwargs["state_dict"] = policy_state_dict(model)
-            if self.cfg.actor_lora.enabled:
+            lora = self.cfg.actor_lora.enabled
+            # a LoRA result is merged and saved in float32, as merge_lora does
+            save_kwargs["state_dict"] = policy_state_dict(model, dtype=torch.float32 if lora else None)
+            saved_dtype = str(next(iter(save_kwargs["state_dict"].values())).dtype).removeprefix("torch.")
+            if lora:
                 model = model.get_base_model()
         elif self.cfg.actor_lora.enabled:
             import copy
@@ -870,11 +874,15 @@ class PPOTrainer:
             model = merge_lora(copy.deepcopy(model))
         with atomic_dir(self.out, replace=True) as tmp:  # checked at start: ours, or allowed
             model.save_pretrained(tmp, **save_kwargs)
+            if saved_dtype is not None:  # config.json says the module's dtype; the tensors are what counts
+                conf = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+                conf["dtype"] = saved_dtype
+                atomic_write_json(tmp / "config.json", conf)
             self.tokenizer.save_pretrained(tmp)
             extraction = getattr(self.rm, "extraction", None)
             atomic_write_json(tmp / POLICY_META, {
                 "kind": "ppo-policy", "stage": "ppo", "template": to_dict(self.template), "dtype": self.dtype,
-                "saved_dtype": str(model.dtype).removeprefix("torch."),
+                "saved_dtype": saved_dtype or str(model.dtype).removeprefix("torch."),
                 "rm": self.cfg.rm, "rm_kind": self.rm.kind,
                 "extraction": to_dict(extraction) if self.rm.kind == "seq2seq" and extraction is not None else None,
                 "steps": self.step, "run": str(self.run_dir),

@@ -316,10 +316,12 @@ class HFEngine:
         return _finish(prompt_ids, prompt_mask, generated, self.tokenizer, self.eos, self.pad_id, cut)
 
 
-def policy_state_dict(model) -> dict[str, torch.Tensor]:
+def policy_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The weights ``model`` computes with, under Hugging Face names, as CPU tensors, without
     modifying ``model``: a peft model's LoRA deltas are folded into copies of the base weights
-    (``W + get_delta_weight``) and adapters and wrappers are dropped from the names. A tensor
+    (``W + get_delta_weight``) and adapters and wrappers are dropped from the names. ``dtype``:
+    every tensor cast to it, the LoRA sums computed in it (float32 keeps a LoRA update that
+    ``W + ΔW`` in bfloat16 would round away, see ``models.lora.merge_lora``). A tensor
     shared by several names (tied embeddings) is sent under each of them, as a copy (safetensors
     refuses shared storage): vLLM's CPU build keeps a separately packed ``lm_head``, which an
     update of ``embed_tokens`` alone leaves stale (checked by tests/optional/test_vllm_engine.py)."""
@@ -334,16 +336,18 @@ def policy_state_dict(model) -> dict[str, torch.Tensor]:
             for name, module in model.named_modules():
                 if isinstance(module, LoraLayer) and not module.merged and not module.disable_adapters:
                     w = module.get_base_layer().weight
+                    w = w if dtype is None else w.to(dtype)
                     for a in module.active_adapters:
                         if a in module.lora_A:
-                            w = w + module.get_delta_weight(a)  # a new tensor: the module keeps its own
+                            delta = module.get_delta_weight(a)
+                            w = w + (delta if dtype is None else delta.to(dtype))  # new tensor: the module keeps its own
                     merged[name + ".weight"] = w
     out, seen = {}, set()
     for key, value in model.state_dict().items():
         if ".lora_" in key:
             continue
         key = key.replace(".base_layer.", ".")
-        value = merged.get(key, value).detach().to("cpu").contiguous()
+        value = merged.get(key, value).detach().to("cpu", dtype=dtype).contiguous()
         if value.data_ptr() in seen:
             value = value.clone()
         seen.add(value.data_ptr())

@@ -123,3 +123,34 @@ def test_sft_refuses_deepspeed_with_use_cpu():
 
     with pytest.raises(ConfigError, match="drops DeepSpeed without a word"):
         check_trainer_args({"deepspeed": "configs/deepspeed/zero2.json", "use_cpu": True}, "SFTConfig")
+
+
+def test_zero3_lora_over_bf16_trains_and_saves_the_merge_in_float32(setup, tiny_model_dir):
+    """ZeRO-3 with dtype=bfloat16 (DeepSpeed's bf16, float32 master weights) and LoRA on actor and
+    critic (the reference is the actor with adapters off): the run trains the adapters, and the
+    saved policy is base + (alpha/r) B A of the gathered weights, merged in float32 (a bf16 sum
+    would round a small update away), with config.json saying so."""
+    import json
+
+    tmp, prompts, _ = setup
+    out = tmp / "z3lora"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate_deepspeed_zero3.yaml"), "--num_processes", "2",
+           "--main_process_port", "29681", str(WORKER), tiny_model_dir, prompts, str(out), "3", "0", "0", "2", "hf",
+           "lora-bf16"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    w = load_file(f"{out}.rank0.safetensors")
+    policy = load_file(str(out / "model.safetensors"))
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["dtype"] == "bfloat16" and meta["saved_dtype"] == "float32"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert all(v.dtype == torch.float32 for v in policy.values())
+    for name in ("model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj"):
+        prefix = f"actor.base_model.model.{name}"
+        lora_b = w[f"{prefix}.lora_B.default.weight"]
+        assert float(lora_b.abs().max()) > 1e-3  # the adapters trained (they start at zero)
+        merged = w[f"{prefix}.base_layer.weight"] + lora_b @ w[f"{prefix}.lora_A.default.weight"] * (8 / 4)
+        assert torch.allclose(policy[f"{name}.weight"], merged, atol=1e-6), name
