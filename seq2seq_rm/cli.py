@@ -176,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--limit", type=int, help="only the first N responses (default: all)")
     sc.add_argument("--show", type=int, default=5, help="responses to print coloured (0: none)")
     sc.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    sc.add_argument("--rm-server", metavar="URL",
+                    help="score with a vLLM server serving the --rm folder (http://HOST:PORT/v1; seq2seq RMs) "
+                         "instead of loading its weights (default: none)")
+    sc.add_argument("--rm-server-key-env", metavar="VAR", help="environment variable holding that server's API key")
     _data_flags(sc)
 
     s = cmd(sub, "sft", "supervised fine-tuning of the policy (loss on response tokens only)")
@@ -433,7 +437,7 @@ def cmd_rm_score(a) -> None:
     from .rewards.views import render_terminal, score_file
 
     check_output_file(a.out, a.overwrite, "scores")
-    rm = load_reward_model(a.rm)
+    rm = load_reward_model(a.rm, server=a.rm_server, server_key_env=a.rm_server_key_env)
     rows = score_file(rm, a.data, batch_size=a.batch_size, limit=a.limit, split=a.split, subset=a.subset)
     atomic_write_json(a.out, {"rm": str(a.rm), "kind": rm.kind, "extraction": to_dict(rm.extraction), "rows": rows})
     if a.show:

@@ -107,9 +107,27 @@ def token_rewards_from_logits(
     lse = torch.logsumexp(logits, dim=-1)  # (B, T); avoids materialising a (B, T, V) log-softmax
     max_logit, argmax = logits.max(dim=-1)  # (B, T)
     y_logit = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    agree = (y_logit >= max_logit) & mask
-    predicted = torch.where(agree, targets, argmax)
-    logp_y = y_logit - lse
+    return token_rewards_from_stats(y_logit - lse, y_logit - max_logit, y_logit >= max_logit, argmax, targets,
+                                    mask, cfg)
+
+
+def token_rewards_from_stats(
+    logp_y: torch.Tensor, logp_gap: torch.Tensor, greedy: torch.Tensor, argmax: torch.Tensor,
+    targets: torch.Tensor, mask: torch.Tensor, cfg: ExtractionConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token rewards from what the extraction needs of the RM at every response position, however
+    it was obtained (teacher-forced logits here, a vLLM server's prompt log-probs in
+    ``rewards/served.py``). All (B, T):
+
+        logp_y:   float, log p(y_t) under the RM;
+        logp_gap: float, log p(y_t) - log p(argmax_t) (<= 0; the logratio magnitude);
+        greedy:   bool, y_t is a greedy choice of the RM (ties count as agreement);
+        argmax:   long, the RM's greedy token;
+        targets, mask: the response ids and their mask.
+    Returns rewards, agree, predicted as :func:`token_rewards_from_logits` describes.
+    """
+    agree = greedy & mask
+    predicted = torch.where(agree | ~mask, targets, argmax)  # padding keeps its (pad) id, whatever the RM says there
 
     if cfg.magnitude == "constant":
         r = torch.where(agree, cfg.r_pos, -cfg.r_neg)
@@ -117,10 +135,10 @@ def token_rewards_from_logits(
         p_y = logp_y.exp()
         r = torch.where(agree, p_y, -(1.0 - p_y))
     elif cfg.magnitude == "logratio":
-        r = torch.where(agree, torch.full_like(logp_y, cfg.r_pos), y_logit - max_logit)  # log p(y) - log p(argmax)
+        r = torch.where(agree, torch.full_like(logp_y, cfg.r_pos), logp_gap)  # log p(y) - log p(argmax)
     else:
         raise ConfigError(f"extraction.magnitude must be constant, prob or logratio, not {cfg.magnitude!r}")
-    r = r.to(logits.dtype)
+    r = r.to(logp_y.dtype)
 
     if cfg.rematch == "zero":
         disagree = (~agree & mask).int()
@@ -188,6 +206,21 @@ class Seq2SeqRewardModel(RewardModelBase):
         if len(prompts) != response_ids.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {response_ids.shape[0]} responses")
         shape = response_ids.shape
+        packed, packed_mask, order, sources, n_truncated = self.layout(prompts, response_ids, response_mask)
+        r, agree, pred = self.score_layout(sources, packed, packed_mask)
+        return TokenRewards(
+            rewards=unpack(r, order, shape, 0.0),
+            mask=response_mask.bool(),
+            agree=unpack(agree, order, shape, False),
+            predicted_ids=unpack(pred, order, shape, self.pad_id),
+            n_truncated=n_truncated,
+        )
+
+    def layout(self, prompts: list[Prompt], response_ids: torch.Tensor, response_mask: torch.Tensor):
+        """The RM's inputs for ``response_ids`` (B, T): the responses right-packed (B, T') with
+        their mask and the row order to undo it (``layout.pack_right``), and each row's source
+        ``S(x, y)`` as token ids, cut from the left to fit the window with its response; also the
+        number of rows cut."""
         packed, packed_mask, order = pack_right(response_ids, response_mask, self.pad_id)
         lengths = packed_mask.sum(-1).tolist()
         texts = self.tokenizer.batch_decode(
@@ -202,15 +235,13 @@ class Seq2SeqRewardModel(RewardModelBase):
                 )
             n_truncated += status == "truncated"
             sources.append(src)
+        return packed, packed_mask, order, sources, n_truncated
+
+    def score_layout(self, sources: list[list[int]], packed: torch.Tensor, packed_mask: torch.Tensor):
+        """Rewards, agree, predicted (B, T') for right-packed responses after their sources: one
+        teacher-forced forward pass of the local model."""
         src_ids, src_mask = left_pad(sources, self.pad_id)
         dev = self.device
         logits = response_logits(self.model, src_ids.to(dev), src_mask.to(dev), packed.to(dev), packed_mask.to(dev))
         r, agree, pred = token_rewards_from_logits(logits, packed.to(dev), packed_mask.to(dev), self.extraction)
-        r, agree, pred = r.cpu(), agree.cpu(), pred.cpu()
-        return TokenRewards(
-            rewards=unpack(r, order, shape, 0.0),
-            mask=response_mask.bool(),
-            agree=unpack(agree, order, shape, False),
-            predicted_ids=unpack(pred, order, shape, self.pad_id),
-            n_truncated=n_truncated,
-        )
+        return r.cpu(), agree.cpu(), pred.cpu()

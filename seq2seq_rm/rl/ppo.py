@@ -121,6 +121,11 @@ class PPOConfig(Options):
     n_samples: int = opt(4, "responses saved per sample dump", ge=1)
     trust_remote_code: bool = opt(False, "allow custom model code")
     template: TemplateConfig | None = opt(None, "prompt layout; default: the policy folder's policy.json/sft.json")
+    rm_server: str | None = opt(
+        None, "score with a vLLM server (http://HOST:PORT/v1) that serves the --rm folder (seq2seq RMs), instead of "
+        "loading its weights here: token rewards from the server's prompt log-probs (README, 'The seq2seq RM served "
+        "by vLLM')")
+    rm_server_key_env: str | None = opt(None, "environment variable holding rm_server's API key")
     extraction: ExtractionConfig | None = opt(
         None, "token-reward options for a seq2seq RM instead of those stored in its folder (recorded in the run)")
 
@@ -151,7 +156,8 @@ class PPOConfig(Options):
 
 
 # Options a resumed run may change: bookkeeping, read afresh at every step.
-RESUME_FREE = ("steps", "save_every", "keep_checkpoints", "sample_every", "n_samples", "resume", "overwrite")
+RESUME_FREE = ("steps", "save_every", "keep_checkpoints", "sample_every", "n_samples", "resume", "overwrite",
+               "rm_server", "rm_server_key_env")
 # Options a resumed run may change because they are applied to the restored state (and logged).
 RESUME_APPLIED = ("actor_lr", "critic_lr", "max_grad_norm")
 # A trained parameter larger than this multiple of the largest initial parameter: the update diverged.
@@ -297,7 +303,8 @@ class PPOTrainer:
         self.tokenizer = load_tokenizer(cfg.policy, trust_remote_code=cfg.trust_remote_code)
         self.template = cfg.template or read_policy_template(cfg.policy) or TemplateConfig()
         self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code,
-                                                    dtype=self.dtype)
+                                                    dtype=self.dtype, server=cfg.rm_server,
+                                                    server_key_env=cfg.rm_server_key_env)
         _check_same_tokenizer(self.tokenizer, self.rm.tokenizer, cfg.policy, cfg.rm)
         if cfg.extraction is not None:
             if self.rm.kind != "seq2seq":

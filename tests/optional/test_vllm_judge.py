@@ -10,19 +10,14 @@ skip, saying what is missing.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers import write_jsonl
+from vllm_server import VLLM_PY, VLLM_VENV, vllm_server
 
 from seq2seq_rm.cli import main
 from seq2seq_rm.errors import Seq2SeqRMError
@@ -30,9 +25,6 @@ from seq2seq_rm.eval.judges import OpenAIJudge
 
 pytestmark = pytest.mark.vllm
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_VENV = Path(os.environ.get("SEQ2SEQ_RM_VLLM_VENV", ROOT / ".venv-vllm"))
-VLLM_PY = VLLM_VENV / "bin" / "python"
 SERVED = "smollm2-135m-instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -73,61 +65,11 @@ def smollm2_dir() -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (it was started in a new session), then wait
-    for it and its children (the engine core); SIGKILL what is left after 60 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=60)
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def vllm_url(smollm2_dir, tmp_path_factory):
     """``http://127.0.0.1:PORT/v1`` of a vLLM server serving SmolLM2 as ``SERVED``."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-    cmd = [str(VLLM_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(smollm2_dir),
-           "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "512", "--enforce-eager"]
-    t0 = time.monotonic()
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            if time.monotonic() - t0 > 300:
-                pytest.fail(f"the vLLM server was not ready after 300 s:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as r:
-                    if SERVED in r.read().decode():
-                        break
-            except OSError:
-                time.sleep(1)
-        print(f"\nvLLM server ready in {time.monotonic() - t0:.1f} s on {url}")
+    with vllm_server(smollm2_dir, tmp_path_factory.mktemp("vllm") / "server.log", served=SERVED) as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 def _verdicts(out: Path) -> list[dict]:
