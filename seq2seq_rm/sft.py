@@ -53,9 +53,10 @@ from .config import (
 from .data.records import PreferenceRecord, PromptRecord, TextRecord
 from .data.templates import encode_response, encode_text, render_prompt, resolve_style
 from .errors import ConfigError, DataError, Seq2SeqRMError
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_write_json
 from .layout import fit_to_length
 from .outputs import META_FILES, check_output_dir
+from .train_run import shared_output_dir
 from .training import no_dataset_bars, resolve_stage_dtype, train_and_save, trainer_kwargs
 
 log = logging.getLogger(__name__)
@@ -274,19 +275,20 @@ def train_sft(cfg: SFTRunConfig) -> Path:
             if gen.eos_token_id is None:
                 gen.eos_token_id = tokenizer.eos_token_id
 
-    with atomic_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:
-        trainer, stats = build_sft_trainer(cfg, records, tokenizer, run.dir, dtype)
+    trainer, stats = build_sft_trainer(cfg, records, tokenizer, run.dir, dtype)
+    with shared_output_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:  # published by process 0 only
         meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, stop_where_sft_put_eos,
                               desc="sft", run=run, dtype=dtype)
-        atomic_write_json(tmp / SFT_META_FILE, {
-            "kind": "sft",
-            "template": to_dict(cfg.template),
-            "style": resolve_style(cfg.template, tokenizer),
-            "response_field": field,
-            "sft_format": fmt,
-            "loss_on": SFT_LOSS_ON.get(fmt, field),
-            "base_model": cfg.model,
-            **meta,
-        })
+        if trainer.args.process_index == 0:
+            atomic_write_json(tmp / SFT_META_FILE, {
+                "kind": "sft",
+                "template": to_dict(cfg.template),
+                "style": resolve_style(cfg.template, tokenizer),
+                "response_field": field,
+                "sft_format": fmt,
+                "loss_on": SFT_LOSS_ON.get(fmt, field),
+                "base_model": cfg.model,
+                **meta,
+            })
     log.info("wrote SFT policy to %s", out)
     return out

@@ -32,6 +32,7 @@ without writing ``OUT``; a second Ctrl-C aborts at once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ from pathlib import Path
 
 from .config import flatten_options, to_dict
 from .errors import ConfigError, Seq2SeqRMError
-from .io import _tag, atomic_write_json, clean_stale
+from .io import _tag, atomic_dir, atomic_write_json, clean_stale
 
 log = logging.getLogger(__name__)
 
@@ -314,3 +315,26 @@ def train_in_run(trainer, run: SupervisedRun, train):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def shared_output_dir(out: Path, replace: bool):
+    """``io.atomic_dir`` for a run in one or several processes: process 0 owns the temporary folder
+    and publishes it (one rename); the others are told its path (every process must take part in
+    saving a ZeRO-3 model, and nobody else may rename). The body runs on every process; it must
+    write only from process 0, except collective saves. Call after the trainer is built (that sets
+    up the process group)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        with atomic_dir(out, replace=replace) as tmp:
+            yield tmp
+        return
+    from accelerate.utils import broadcast_object_list
+
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_dir(out, replace=replace)) if state.is_main_process else None
+        tmp = Path(broadcast_object_list([str(tmp) if tmp else None], from_process=0)[0])
+        yield tmp
+        state.wait_for_everyone()  # all have written before process 0 publishes

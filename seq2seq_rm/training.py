@@ -297,13 +297,22 @@ def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path,
             "length policy %s at max_length=%d: %d examples truncated, %d skipped",
             opts.truncation, opts.max_length, stats.truncated, stats.skipped_too_long,
         )
+    zero3 = _zero3(trainer)
+    if zero3 and opts.lora.enabled:  # before any training: merging needs whole weights we never gather
+        raise ConfigError("LoRA under DeepSpeed ZeRO-3 is not supported by the supervised stages (the adapters "
+                          "would have to be merged into partitioned weights); use ZeRO-2, or train without LoRA")
     result = run_trainer(trainer, desc, run)
     model = merge_lora(trainer.model) if opts.lora.enabled else trainer.model
     if prepare_model is not None:
         prepare_model(model)
+    main = trainer.args.process_index == 0
     with quiet_progress():
-        model.save_pretrained(out_dir)  # safetensors: the only format transformers 5 writes
-    tokenizer.save_pretrained(out_dir)
+        if zero3:  # collective: gathers the shards (stage3_gather_16bit_weights_on_model_save) for process 0
+            trainer.save_model(str(out_dir))
+        elif main:
+            model.save_pretrained(out_dir)  # safetensors: the only format transformers 5 writes
+    if main:
+        tokenizer.save_pretrained(out_dir)
     history = [h for h in trainer.state.log_history if "loss" in h]
     data = report.as_dict() if hasattr(report, "as_dict") else {
         "format": report.format, "rows_read": report.rows_read, "kept": report.kept, "skipped": report.skipped}
@@ -324,6 +333,14 @@ def train_and_save(trainer, stats, opts: TrainOptions, tokenizer, out_dir: Path,
 
 # ------------------------------------------------------------------ report_to and trainer_args
 REPORT_TO = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",), "none": ()}
+
+
+def _zero3(trainer) -> bool:
+    """Whether the Trainer runs DeepSpeed ZeRO-3 (its weights are partitioned over the processes)."""
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return False
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
 
 
 def report_to_list(value) -> list[str]:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from ..config import RMTrainConfig, to_dict
 from ..errors import ConfigError
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_write_json
 from ..outputs import check_output_dir
+from ..train_run import shared_output_dir
 from ..training import resolve_stage_dtype, train_and_save, trainer_kwargs
 from .base import META_FILE
 
@@ -101,16 +102,17 @@ def train_reward_model(cfg: RMTrainConfig) -> Path:
     log.info(report.summary())
     tokenizer = load_tokenizer(cfg.model, gguf_file=cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     out = Path(cfg.out)
-    with atomic_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:
-        trainer, stats = build_trainer(cfg, records, tokenizer, run.dir, dtype)
+    trainer, stats = build_trainer(cfg, records, tokenizer, run.dir, dtype)
+    with shared_output_dir(out, replace=cfg.overwrite or cfg.resume) as tmp:  # published by process 0 only
         meta = train_and_save(trainer, stats, cfg.train, tokenizer, tmp, report, cfg.data, run=run, dtype=dtype)
-        atomic_write_json(tmp / META_FILE, {
-            "kind": cfg.kind,
-            "template": to_dict(cfg.template),
-            "extraction": to_dict(cfg.extraction),
-            "mapping": to_dict(cfg.mapping) if cfg.kind == "seq2seq" else None,
-            "base_model": cfg.model,
-            **meta,
-        })
+        if trainer.args.process_index == 0:
+            atomic_write_json(tmp / META_FILE, {
+                "kind": cfg.kind,
+                "template": to_dict(cfg.template),
+                "extraction": to_dict(cfg.extraction),
+                "mapping": to_dict(cfg.mapping) if cfg.kind == "seq2seq" else None,
+                "base_model": cfg.model,
+                **meta,
+            })
     log.info("wrote %s reward model to %s", cfg.kind, out)
     return out

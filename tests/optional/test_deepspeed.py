@@ -102,19 +102,30 @@ def _sft(policy, data, out, port, *extra, launcher=("torch.distributed.run", "--
     return load_file(str(out / "model.safetensors"))
 
 
-def test_sft_passes_deepspeed_to_the_trainer_and_matches_ddp(tiny_model_dir, sample_file, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_sft(tiny_model_dir, sample_file, tmp_path_factory):
+    return _sft(tiny_model_dir, sample_file, tmp_path_factory.mktemp("sft") / "ddp", 29661,
+                "train.trainer_args.use_cpu=true")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sft_passes_deepspeed_to_the_trainer_and_matches_ddp(tiny_model_dir, sample_file, tmp_path, ddp_sft, stage):
     """The supervised stages hand trainer_args.deepspeed to the HF Trainer; on CPU the processes are
-    joined over gloo first (training._cpu_deepspeed_launch), or each would train alone."""
-    ddp = _sft(tiny_model_dir, sample_file, tmp_path / "ddp", 29661, "train.trainer_args.use_cpu=true")
-    z2 = _sft(tiny_model_dir, sample_file, tmp_path / "z2", 29662,
-              "train.trainer_args.deepspeed=configs/deepspeed/zero2.json",
-              launcher=("accelerate.commands.launch", "--config_file", "configs/accelerate_deepspeed_zero2.yaml",
-                        "--num_processes", "2"))  # as configs/qwen7b_8gpu/run.sh launches it
-    shards = sorted(p.name for p in (tmp_path / "z2.run" / "checkpoints").rglob("zero_pp_rank_*_optim_states.pt"))
-    assert shards and {s.split("_")[3] for s in shards} == {"0", "1"}  # DeepSpeed ran, over both processes
+    joined over gloo first (training._cpu_deepspeed_launch), or each would train alone. Under ZeRO-3
+    the saved model is gathered from both processes' shards (trainer.save_model, collective), and
+    process 0 alone publishes the folder."""
+    out = tmp_path / f"z{stage}"
+    z = _sft(tiny_model_dir, sample_file, out, 29662 + stage,
+             f"train.trainer_args.deepspeed=configs/deepspeed/zero{stage}.json",
+             launcher=("accelerate.commands.launch", "--config_file", f"configs/accelerate_deepspeed_zero{stage}.yaml",
+                       "--num_processes", "2"))  # as configs/qwen7b_8gpu/run.sh launches it
+    shards = sorted(p.name for p in (tmp_path / f"z{stage}.run" / "checkpoints").rglob("*_optim_states.pt"))
+    assert shards and {s.split("_")[3] for s in shards} == {"0", "1"}, shards  # zero_pp_rank_R_...
     base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
-    assert max(float((ddp[k].float() - base[k].float()).abs().max()) for k in base) > 1e-3  # it trained
-    _assert_close(z2, ddp, atol=1e-5)
+    assert max(float((ddp_sft[k].float() - base[k].float()).abs().max()) for k in base) > 1e-3  # it trained
+    assert z.keys() == ddp_sft.keys()
+    _assert_close(z, ddp_sft, atol=1e-5)
+    assert not list(tmp_path.glob(".z*.tmp-*"))  # no temporary folder left by any process
 
 
 def test_sft_refuses_deepspeed_with_use_cpu():
@@ -154,3 +165,15 @@ def test_zero3_lora_over_bf16_trains_and_saves_the_merge_in_float32(setup, tiny_
         assert float(lora_b.abs().max()) > 1e-3  # the adapters trained (they start at zero)
         merged = w[f"{prefix}.base_layer.weight"] + lora_b @ w[f"{prefix}.lora_A.default.weight"] * (8 / 4)
         assert torch.allclose(policy[f"{name}.weight"], merged, atol=1e-6), name
+
+
+def test_sft_refuses_lora_under_zero3_before_training(tiny_model_dir, sample_file, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate_deepspeed_zero3.yaml",
+           "--num_processes", "2", "--main_process_port", "29668", "-m", "seq2seq_rm.cli", "sft", "--model",
+           tiny_model_dir, "--data", sample_file, "--out", str(tmp_path / "out"), "limit=16", "train.lora.enabled=true",
+           "train.trainer_args.deepspeed=configs/deepspeed/zero3.json"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "LoRA under DeepSpeed ZeRO-3 is not supported by the supervised stages" in proc.stderr
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "out.run").rglob("checkpoint-*"))
