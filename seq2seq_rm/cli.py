@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--rm-server", metavar="URL",
                     help="score with a vLLM server serving the --rm folder (http://HOST:PORT/v1; seq2seq RMs) "
                          "instead of loading its weights (default: none)")
-    sc.add_argument("--rm-server-key-env", metavar="VAR", help="environment variable holding that server's API key")
+    sc.add_argument("--rm-server-key-env", metavar="VAR",
+                    help="environment variable holding that server's API key (default: none)")
     _data_flags(sc)
 
     s = cmd(sub, "sft", "supervised fine-tuning of the policy (loss on response tokens only)")
