@@ -403,6 +403,7 @@ def create_app(rm, cfg: ServeConfig, api_key: str | None = None,
                          max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue_rows)
     batcher = DynamicBatcher(functools.partial(score_fn, rm), limits)
     vocab = rm.model.get_input_embeddings().num_embeddings
+    texts = TokenTexts(rm.tokenizer)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -445,26 +446,45 @@ def create_app(rm, cfg: ServeConfig, api_key: str | None = None,
         req = parse_body(await read_json(request, cfg.max_body_bytes), TokenRewardsRequest)
         rows = await asyncio.to_thread(token_rewards_rows, rm, req, cfg, vocab)
         results = await run_rows(request, batcher, rows)
-        return await asyncio.to_thread(_token_rewards_answer, rm, rows, results)
+        # A JSONResponse as it is: FastAPI's jsonable_encoder walk costs more than json.dumps on these lists.
+        return JSONResponse(await asyncio.to_thread(_token_rewards_answer, rm, texts, rows, results))
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
         req = parse_body(await read_json(request, cfg.max_body_bytes), OpenRLHFRequest)
         rows = await asyncio.to_thread(openrlhf_rows, rm, req, cfg)
         scores = [r.score for r in await run_rows(request, batcher, rows)]
-        return {"rewards": scores, "scores": scores, "extra_logs": {}}
+        return JSONResponse({"rewards": scores, "scores": scores, "extra_logs": {}})
 
     return app
 
 
-def _token_rewards_answer(rm, rows: list[Row], results: list[RowResult]) -> dict:
+class TokenTexts:
+    """Each token id as text, exactly as ``rm score`` shows it (``views.token_strings``: one
+    ``decode([id])`` per token), remembered per id: decoding token by token costs more than the
+    forward pass of a small RM."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self._cache = tokenizer, {}
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        out = []
+        for i in ids:
+            text = self._cache.get(i)
+            if text is None:
+                text = self._cache[i] = token_strings(self.tokenizer, [i])[0]
+            out.append(text)
+        return out
+
+
+def _token_rewards_answer(rm, texts: TokenTexts, rows: list[Row], results: list[RowResult]) -> dict:
     seq2seq = rm.kind == "seq2seq"
     return {
         "kind": rm.kind,
         "rewards": [r.rewards for r in results],
-        "tokens": [token_strings(rm.tokenizer, row.response_ids) for row in rows],
+        "tokens": [texts(row.response_ids) for row in rows],
         "token_ids": [row.response_ids for row in rows],
-        "predicted": [token_strings(rm.tokenizer, r.predicted_ids) for r in results] if seq2seq else None,
+        "predicted": [texts(r.predicted_ids) for r in results] if seq2seq else None,
         "predicted_ids": [r.predicted_ids for r in results] if seq2seq else None,
         "scores": [r.score for r in results],
     }
