@@ -338,7 +338,7 @@ class BearerAuth:
         return "BearerAuth(<key>)"
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):  # lifespan
             return await self.app(scope, receive, send)
         value = b""
         for name, v in scope.get("headers", []):
@@ -347,6 +347,8 @@ class BearerAuth:
         scheme, _, token = value.partition(b" ")
         if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key):
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":  # the app has none; refused all the same
+            return await send({"type": "websocket.close", "code": 1008})
         response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'"},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
@@ -441,6 +443,8 @@ def create_app(rm, cfg: ServeConfig, api_key: str | None = None,
                            "max_queue_rows": cfg.max_queue_rows, "max_body_bytes": cfg.max_body_bytes},
                 "stats": batcher.snapshot()}
 
+    # Rows are prepared (tokenised) in threads while the batcher's thread runs the RM: the tokenizer is
+    # only ever called without truncation or padding, so no call changes its state under another.
     @app.post("/token_rewards")
     async def token_rewards(request: Request):
         req = parse_body(await read_json(request, cfg.max_body_bytes), TokenRewardsRequest)
