@@ -55,6 +55,15 @@ def _ppo_default(key: str):
     return read
 
 
+def _serve_default(key: str):
+    def read():
+        from .serve.config import ServeConfig
+
+        return getattr(ServeConfig, key)
+
+    return read
+
+
 def _setup_logging(verbose: bool) -> None:
     """Logs and errors go to stderr, one line each, never wrapped (paths stay copyable)."""
     quiet_rank = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports progress
@@ -309,6 +318,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="system message, a UTF-8 text file (an empty file: none; default: the built-in one)")
     _data_flags(e)
 
+    sv = cmd(sub, "serve", "serve a reward model over HTTP (token rewards, OpenRLHF's remote RM protocol) with "
+                           "dynamic batching")
+    sv.add_argument("--rm", required=True, help="reward model folder (seq2seq or scalar)")
+    for flag, kind, help_ in (
+        ("--host", str, "address to bind (127.0.0.1: this machine only)"),
+        ("--port", int, "TCP port (0: any free port, printed at start-up)"),
+        ("--api-key-env", str, "environment variable holding the API key; every request then needs "
+                               "'Authorization: Bearer <key>' (unset or empty: refused; default: no key)"),
+        ("--max-batch-size", int, "most response rows in one forward pass"),
+        ("--max-batch-tokens", int, "most tokens in one forward pass, padding included (rows x longest row)"),
+        ("--max-wait-ms", float, "how long a forward pass waits for more rows to join it"),
+        ("--max-request-rows", int, "most rows in one request"),
+        ("--max-queue-rows", int, "most rows waiting for a forward pass (more: 503)"),
+        ("--max-body-bytes", int, "largest request body in bytes"),
+        ("--max-connections", int, "most open connections (more: 503)"),
+        ("--device", str, "torch device of the RM, e.g. cuda (default cpu)"),
+    ):
+        arg = sv.add_argument(flag, type=kind, help=help_)
+        if flag not in ("--api-key-env", "--device"):
+            arg.config_default = _serve_default(flag[2:].replace("-", "_"))
+    sv.add_argument("--dtype", choices=DTYPE_CHOICES,
+                    help="storage dtype of the RM's weights (auto: the checkpoint's own; default float32)")
+    sv.epilog = ("Endpoints: POST /token_rewards, POST /get_reward (OpenRLHF --reward.remote_url), GET /health; "
+                 "see README, 'Reward server'.")
+
     i = cmd(sub, "inspect", "token-level rewards of responses as an HTML heatmap")
     i.add_argument("--rm", required=True, help="reward model folder (seq2seq or scalar)")
     i.add_argument("--data", required=True, help="rows with prompt and response")
@@ -460,6 +494,22 @@ def cmd_inspect(a) -> None:
     log.info("wrote the token-reward heatmap to %s", a.out)
 
 
+def serve_config(a):
+    """The ``serve`` flags as a checked ServeConfig (flags left out keep its defaults)."""
+    from .serve.config import ServeConfig
+
+    keys = ("rm", "host", "port", "api_key_env", "max_batch_size", "max_batch_tokens", "max_wait_ms",
+            "max_request_rows", "max_queue_rows", "max_body_bytes", "max_connections", "device", "dtype")
+    return ServeConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None})
+
+
+def cmd_serve(a) -> None:
+    cfg = serve_config(a)
+    from .serve.app import run_server
+
+    run_server(cfg)
+
+
 def cmd_eval(a) -> None:
     from .eval.compare import evaluate_files, format_table
     from .eval.judges import load_prompt_file, make_judge, most_common_error
@@ -601,6 +651,7 @@ COMMANDS = {
     "experiment": cmd_experiment,
     "eval": cmd_eval,
     "inspect": cmd_inspect,
+    "serve": cmd_serve,
     ("tasks", "export"): cmd_tasks_export,
     ("data", "inspect"): cmd_data_inspect,
     ("rm", "train"): cmd_rm_train,
