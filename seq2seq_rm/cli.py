@@ -334,9 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-body-bytes", int, "largest request body in bytes"),
         ("--max-connections", int, "most open connections (more: 503)"),
         ("--device", str, "torch device of the RM, e.g. cuda (default cpu)"),
+        ("--rm-server", str, "score with a vLLM server (http://HOST:PORT/v1) serving the --rm folder (seq2seq RMs) "
+                             "instead of loading its weights (default: none)"),
+        ("--rm-server-key-env", str, "environment variable holding that server's API key (default: none)"),
     ):
         arg = sv.add_argument(flag, type=kind, help=help_)
-        if flag not in ("--api-key-env", "--device"):
+        if flag not in ("--api-key-env", "--device", "--rm-server", "--rm-server-key-env"):
             arg.config_default = _serve_default(flag[2:].replace("-", "_"))
     sv.add_argument("--dtype", choices=DTYPE_CHOICES,
                     help="storage dtype of the RM's weights (auto: the checkpoint's own; default float32)")
@@ -499,7 +502,8 @@ def serve_config(a):
     from .serve.config import ServeConfig
 
     keys = ("rm", "host", "port", "api_key_env", "max_batch_size", "max_batch_tokens", "max_wait_ms",
-            "max_request_rows", "max_queue_rows", "max_body_bytes", "max_connections", "device", "dtype")
+            "max_request_rows", "max_queue_rows", "max_body_bytes", "max_connections", "device", "dtype",
+            "rm_server", "rm_server_key_env")
     return ServeConfig(**{k: getattr(a, k) for k in keys if getattr(a, k) is not None})
 
 

@@ -7,16 +7,21 @@ tests/optional/test_served_rm.py (make test-vllm)."""
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from helpers import write_jsonl
 
 from seq2seq_rm.errors import Seq2SeqRMError
 from seq2seq_rm.rewards import load_reward_model
 from seq2seq_rm.rewards.base import encode_responses
+from seq2seq_rm.rewards.views import score_file
+from seq2seq_rm.serve.app import ServerThread, create_app
+from seq2seq_rm.serve.config import ServeConfig
 
 
 def _prompt_logprobs(model, ids: list[int]) -> list:
@@ -99,3 +104,24 @@ def test_a_server_that_is_not_there_or_answers_without_logprobs_is_named(seq2seq
     ids, mask = encode_responses([sample_rows[0]["chosen"]], served.tokenizer)
     with pytest.raises(Seq2SeqRMError, match="no prompt_logprobs"):
         served.token_rewards([sample_rows[0]["prompt"]], ids, mask)
+
+
+def test_serve_scores_through_a_vllm_server_when_given_rm_server(seq2seq_rm_dir, sample_rows, fake_vllm, tmp_path):
+    """`seq2seq-rm serve --rm DIR --rm-server URL`: the reward server answers /token_rewards with the
+    served RM (no weights loaded here), equal to `rm score` with the local RM."""
+    url, _ = fake_vllm
+    cfg = ServeConfig(rm=seq2seq_rm_dir, rm_server=url)
+    served = load_reward_model(seq2seq_rm_dir, server=cfg.rm_server)
+    rows = [{"prompt": r["prompt"], "response": r["chosen"]} for r in sample_rows[:5]]
+    expected = score_file(load_reward_model(seq2seq_rm_dir), write_jsonl(tmp_path / "r.jsonl", rows))
+    with ServerThread(create_app(served, cfg), cfg) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        body = {"prompts": [r["prompt"] for r in rows], "responses": [r["response"] for r in rows]}
+        conn.request("POST", "/token_rewards", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        got = json.loads(resp.read())
+        assert resp.status == 200, got
+    assert served.requests >= 1
+    for b, row in enumerate(expected):
+        assert got["tokens"][b] == row["tokens"] and got["predicted"][b] == row["rm_tokens"]
+        assert got["rewards"][b] == pytest.approx(row["rewards"], abs=1e-5)

@@ -404,7 +404,8 @@ def create_app(rm, cfg: ServeConfig, api_key: str | None = None,
     limits = BatchLimits(max_batch_size=cfg.max_batch_size, max_batch_tokens=cfg.max_batch_tokens,
                          max_wait_ms=cfg.max_wait_ms, max_queue=cfg.max_queue_rows)
     batcher = DynamicBatcher(functools.partial(score_fn, rm), limits)
-    vocab = rm.model.get_input_embeddings().num_embeddings
+    # a served RM (rm_server) has no local model: its vocabulary is the tokenizer's
+    vocab = rm.model.get_input_embeddings().num_embeddings if rm.model is not None else len(rm.tokenizer)
     texts = TokenTexts(rm.tokenizer)
 
     @contextlib.asynccontextmanager
@@ -526,7 +527,8 @@ def run_server(cfg: ServeConfig, stop: threading.Event | None = None) -> None:
 
     api_key = read_api_key(cfg.api_key_env)
     read_meta(cfg.rm)  # a folder that is no RM folder stops here, naming the missing file
-    rm = load_reward_model(cfg.rm, device=cfg.device, dtype=cfg.dtype)
+    rm = load_reward_model(cfg.rm, device=cfg.device, dtype=cfg.dtype, server=cfg.rm_server,
+                           server_key_env=cfg.rm_server_key_env)
     app = create_app(rm, cfg, api_key=api_key)
     config = uvicorn_config(app, cfg)
     server = uvicorn.Server(config)

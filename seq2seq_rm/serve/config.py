@@ -36,6 +36,10 @@ class ServeConfig(Options):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = opt(
         "float32", "storage dtype of the RM's weights (auto: the checkpoint's own)")
     device: str | None = opt(None, "torch device of the RM (default cpu; e.g. cuda)")
+    rm_server: str | None = opt(
+        None, "score with a vLLM server (http://HOST:PORT/v1) serving the --rm folder instead of loading its weights "
+              "(seq2seq RMs; README, 'The seq2seq RM served by vLLM')")
+    rm_server_key_env: str | None = opt(None, "environment variable holding rm_server's API key")
 
     def check(self) -> None:
         if not self.rm:
