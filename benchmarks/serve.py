@@ -26,12 +26,17 @@ training (random weights cost the same compute).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serve.py [--size tiny|mini|small] [--kind seq2seq|scalar]
         [--clients 16] [--requests 16] [--response-tokens 64] [--max-batch-size 32] [--max-wait-ms 5]
-        [--repeats 2] [--threads N] [--json results/benchmarks/serve-small.json]
+        [--repeats 2] [--threads N] [--json results/benchmarks/serve-small.json] [--vllm]
+
+``--vllm`` adds a third mode: the same batched server with the RM scored by a vLLM server on the
+same folder (``rm_server``, ``rewards/served.py``), so that our forward pass and vLLM's are compared
+under the same load; the vLLM server runs in its own process (its CPU time is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -107,7 +112,14 @@ def parse_args(argv=None):
                                                              "or all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed for the corpus and the weights (default 0)")
     p.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    p.add_argument("--vllm", action="store_true",
+                   help="also a third mode: the same server with the RM scored by a vLLM server on the same folder "
+                        "(rm_server; seq2seq only, --size mini or small), started from --vllm-python")
+    p.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
+                   help="python of a venv with vLLM (default .venv-vllm, built by make test-vllm)")
     args = p.parse_args(argv)
+    if args.vllm and (args.kind != "seq2seq" or args.size == "tiny"):
+        p.error("--vllm needs --kind seq2seq and --size mini or small (vLLM's CPU attention needs a head size >= 32)")
     if min(args.clients, args.requests, args.response_tokens, args.max_batch_size, args.repeats) < 1:
         p.error("--clients, --requests, --response-tokens, --max-batch-size and --repeats must be at least 1")
     return args
@@ -181,6 +193,47 @@ def forward_only(rm, bodies: list[bytes], batch: int, repeats: int = 3) -> dict:
             "ratio": one / together}
 
 
+@contextlib.contextmanager
+def start_vllm(python: str, folder: str, workdir: Path):
+    """A vLLM OpenAI server for ``folder`` on 127.0.0.1 (fp32, eager, CPU KV cache 1 GiB), started from
+    ``python`` in its own process group and stopped afterwards; yields its ``/v1`` URL."""
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    if not Path(python).is_file():
+        raise SystemExit(f"--vllm: {python} not found (make test-vllm builds .venv-vllm)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = workdir / "vllm.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None or time.monotonic() - t0 > 300:
+                raise SystemExit(f"the vLLM server did not start:\n{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        print(f"vLLM server ready on {url} ({time.monotonic() - t0:.0f} s)", flush=True)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _stats(port: int) -> dict:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # a new one: keep-alive ends after 5 s idle
     conn.request("GET", "/health")
@@ -217,22 +270,31 @@ def main(argv=None) -> int:
 
     rows = sample_preferences(240, seed=args.seed)
     texts = [t for r in rows for t in (r["prompt"], r["chosen"], r["rejected"])]
-    with tempfile.TemporaryDirectory(prefix="s2srm-bench-") as tmp:
-        folder = build_tiny_model(texts, str(Path(tmp) / "model"), size=args.size, seed=args.seed)
-        tok = load_tokenizer(folder)
-        if args.kind == "seq2seq":
-            rm = Seq2SeqRewardModel(load_causal_lm(folder), tok, TemplateConfig(), ExtractionConfig())
-        else:
-            rm = ScalarRewardModel(load_sequence_classifier(folder), tok, TemplateConfig(), ExtractionConfig())
+    stack = contextlib.ExitStack()
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="s2srm-bench-"))  # kept while vLLM serves it
+    folder = build_tiny_model(texts, str(Path(tmp) / "model"), size=args.size, seed=args.seed)
+    tok = load_tokenizer(folder)
+    if args.kind == "seq2seq":
+        rm = Seq2SeqRewardModel(load_causal_lm(folder), tok, TemplateConfig(), ExtractionConfig())
+    else:
+        rm = ScalarRewardModel(load_sequence_classifier(folder), tok, TemplateConfig(), ExtractionConfig())
     bodies = make_bodies(tok, rows, args.clients * args.requests, args.response_tokens)
     modes = {
         "batched": ServeConfig(rm="bench", max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms),
         "one-at-a-time": ServeConfig(rm="bench", max_batch_size=1, max_wait_ms=0),
     }
+    scorers = {"batched": rm, "one-at-a-time": rm}
+    if args.vllm:  # the same server, its RM scored by vLLM (rewards/served.py) on the same folder
+        from seq2seq_rm.rewards.served import ServedSeq2SeqRewardModel
+
+        url = stack.enter_context(start_vllm(args.vllm_python, folder, Path(tmp)))
+        scorers["vllm-served"] = ServedSeq2SeqRewardModel(tok, TemplateConfig(), ExtractionConfig(), url, folder,
+                                                          rm.max_length)
+        modes["vllm-served"] = modes["batched"]
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for rep in range(args.repeats):
         for mode, cfg in modes.items():
-            r = run_mode(rm, cfg, bodies, args.clients)
+            r = run_mode(scorers[mode], cfg, bodies, args.clients)
             runs[mode].append(r)
             print(f"run {rep + 1} {mode:<14} {r['rows_per_s']:8.1f} rows/s  wall {r['wall_s']:6.2f} s  server CPU "
                   f"{r['server_cpu_ms_per_row']:6.2f} ms/row  {r['forward_passes']} passes "
@@ -275,10 +337,16 @@ def main(argv=None) -> int:
     print()
     print(f"throughput batched / one-at-a-time: {ratio:.2f}x (target >= {TARGET:g}x: {'PASS' if ratio >= TARGET else 'FAIL'})"
           f"; server CPU time per row, one-at-a-time / batched: {cpu_ratio:.2f}x")
+    vllm_ratio = None
+    if "vllm-served" in med:
+        vllm_ratio = med["vllm-served"]["rows_per_s"] / med["batched"]["rows_per_s"]
+        print(f"throughput with the RM served by vLLM / our own forward pass (both batched): {vllm_ratio:.2f}x "
+              "(the vLLM server's CPU time is not in the server CPU column)")
+    stack.close()
     if args.json:
         result = {"machine": machine, "settings": settings, "max_reward_difference": max_diff,
                   "median": med, "ratio": {"value": ratio, "target": f">= {TARGET}", "pass": ratio >= TARGET},
-                  "cpu_ratio": cpu_ratio, "forward_only": fwd,
+                  "cpu_ratio": cpu_ratio, "forward_only": fwd, "vllm_served_over_batched": vllm_ratio,
                   "runs": {m: [{k: v for k, v in r.items() if k != "answers"} for r in rs] for m, rs in runs.items()}}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
