@@ -52,7 +52,9 @@ step CPU time (``time.process_time()`` of the process, all threads: what a step 
 when other jobs keep the process waiting for a core; the judged ratio is the wall-clock one,
 the CPU-time one is printed beside it). Phase shares: the median over kept
 steps of phase time / step time (the JSON also has ``time_shares_pooled``, summed phase
-time over summed step time, which the steps slowed down by other jobs dominate). Ours
+time over summed step time, which the steps slowed down by other jobs dominate, and
+``median_phase_cpu_s``, each phase's median process CPU seconds per step, which other jobs do
+not inflate; printed as a second table). Ours
 come from ``metrics.jsonl``: ``time_generate``, ``time_reward``, ``time_forward`` (actor,
 reference and critic forwards), ``time_train``, and "other" = the rest of the step
 (metrics, TensorBoard, progress bar); TRL's from ``trl_ppo_step.py``: generation,
@@ -205,19 +207,37 @@ def run_ours(policy, rm_dir, prompts_file, out: Path, args, engine: str = "hf") 
     trainer = PPOTrainer(cfg, reward_model=rm)
     marks: list[float] = []
     cpu_marks: list[float] = []  # the process's CPU time (all threads), robust to a busy machine
+    cpu_phase: dict[str, float] = {}  # each phase's CPU time in the current step
     rollout, save_checkpoint = trainer.rollout, trainer.save_checkpoint
+
+    def cpu_timed(name, fn):
+        def wrapped(*a, **k):
+            c0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                cpu_phase[name] = cpu_phase.get(name, 0.0) + time.process_time() - c0
+        return wrapped
 
     def timed_rollout(step):
         marks.append(time.perf_counter())
         cpu_marks.append(time.process_time())
-        return rollout(step)
+        phase_rows.append(cpu_phase.copy())
+        cpu_phase.clear()
+        return cpu_timed("generate", rollout)(step)
 
     def timed_save_checkpoint():
         marks.append(time.perf_counter())  # called once, right after the loop (save_every=0)
         cpu_marks.append(time.process_time())
+        phase_rows.append(cpu_phase.copy())
         return save_checkpoint()
 
+    phase_rows: list[dict] = []  # phase_rows[i + 1]: step i's CPU time per phase
     trainer.rollout, trainer.save_checkpoint = timed_rollout, timed_save_checkpoint
+    # the loop's other phases, as ppo.py times them (rewards, shape = the no-grad forwards, update)
+    trainer.rewards = cpu_timed("reward", trainer.rewards)
+    trainer.shape = cpu_timed("forward", trainer.shape)
+    trainer.update = cpu_timed("train", trainer.update)
     trainer.train()
     metrics_file = out.parent / (out.name + ".run") / "metrics.jsonl"
     metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()]
@@ -226,6 +246,7 @@ def run_ours(policy, rm_dir, prompts_file, out: Path, args, engine: str = "hf") 
         wall = marks[i + 1] - marks[i]
         rows.append({**{f"time_{p}": m[f"time_{p}"] for p in PHASES}, "time_step": wall,
                      "cpu_step": cpu_marks[i + 1] - cpu_marks[i],
+                     **{f"cpu_{p}": phase_rows[i + 1].get(p, 0.0) for p in PHASES},
                      "response_tokens": m["response_length"] * args.batch_size})
     return rows, trainer
 
@@ -264,12 +285,17 @@ def summarise(runs: list[list[dict]], batch_size: int) -> dict:
     shares = {p: statistics.median(sh[p] for sh in step_shares) for p in (*PHASES, "other")}
     per_run = [batch_size * (len(rows) - 1) / sum(r["time_step"] for r in rows[1:]) for rows in runs]
     cpu = [r["cpu_step"] for r in kept if r.get("cpu_step") is not None]
+    cpu_phases = {}
+    if all(f"cpu_{p}" in r for r in kept for p in PHASES):  # median CPU seconds per phase and step
+        cpu_phases = {p: statistics.median(r[f"cpu_{p}"] for r in kept) for p in PHASES}
+        cpu_phases["other"] = statistics.median(r["cpu_step"] - sum(r[f"cpu_{p}"] for p in PHASES) for r in kept)
     return {
         "samples_per_s": batch_size / med,
         # per second of the process's CPU time (all its threads): what the step costs, whatever
         # else the machine runs (wall time also counts the time the process waited for a core)
         "samples_per_cpu_s": batch_size / statistics.median(cpu) if cpu else None,
         "median_step_cpu_s": statistics.median(cpu) if cpu else None,
+        "median_phase_cpu_s": cpu_phases or None,
         "tokens_per_s": statistics.median(r["response_tokens"] / r["time_step"] for r in kept),
         "median_step_s": med,
         "step_s": times,
@@ -316,6 +342,12 @@ def print_table(res: dict) -> None:
     print(f"{'':14}" + "".join(f"{p:>10}" for p in (*PHASES, "other")))
     for name, r in rows:
         print(f"{name:14}" + "".join(f"{100 * r['time_shares'][p]:>9.1f}%" for p in (*PHASES, "other")))
+    if all(r.get("median_phase_cpu_s") for _, r in rows):
+        print("CPU seconds per step (median over kept steps of each phase's process CPU time)")
+        print(f"{'':14}" + "".join(f"{p:>10}" for p in (*PHASES, "other")) + f"{'step':>10}")
+        for name, r in rows:
+            print(f"{name:14}" + "".join(f"{r['median_phase_cpu_s'][p]:>10.2f}" for p in (*PHASES, "other"))
+                  + f"{r['median_step_cpu_s']:>10.2f}")
     print("  forward = no-grad passes (ours: actor, reference, critic; TRL: reference, value);")
     print("  other = ours: metrics/TensorBoard/progress bar; TRL: its two gc.collect() calls per step")
 

@@ -14,7 +14,8 @@ of ``batch_size`` prompts per step, in the order our PPO loop sees them), ``gen_
 
 Timing: one wall-clock boundary at ``on_train_begin`` and one at every ``on_step_end``
 (after the PPO update, logging and the LR scheduler step); step k's time is the gap
-between boundaries k-1 and k (and the process CPU time between them, ``cpu_step``). Phases are timed by wrapping the module-level helpers the
+between boundaries k-1 and k (and the process CPU time between them, ``cpu_step``; each
+phase's CPU time is ``cpu_<phase>``). Phases are timed by wrapping the module-level helpers the
 TRL loop calls (``batch_generation``: generation; ``get_reward`` on the reward model:
 reward; ``get_reward`` on the value model and the no-grad ``forward`` of the reference
 policy: forward passes; ``gc.collect``, which the loop calls twice per step: "other");
@@ -109,6 +110,14 @@ def main(settings_path: str, result_path: str) -> None:
     trainer.remove_callback(transformers.PrinterCallback)
 
     phases: dict[str, float] = {"generate": 0.0, "reward": 0.0, "forward": 0.0, "other": 0.0}
+    cpu_phases = dict(phases)  # the same phases in process CPU time
+
+    def start():
+        return time.perf_counter(), time.process_time()
+
+    def add(name, t0):
+        phases[name] += time.perf_counter() - t0[0]
+        cpu_phases[name] += time.process_time() - t0[1]
     per_step: list[dict] = []
     boundaries: list[float] = []
     cpu_boundaries: list[float] = []  # process CPU time at the same boundaries
@@ -119,9 +128,9 @@ def main(settings_path: str, result_path: str) -> None:
     real_forward = ppo_module.forward
 
     def timed_generation(model, queries, *a, **k):
-        t0 = time.perf_counter()
+        t0 = start()
         out = real_generation(model, queries, *a, **k)
-        phases["generate"] += time.perf_counter() - t0
+        add("generate", t0)
         resp = out[0][:, queries.shape[1]:]
         is_eos = (resp == eos_id).int()
         mask = (is_eos.cumsum(-1) - is_eos) == 0  # up to and including the first EOS, as our rollout counts
@@ -129,17 +138,17 @@ def main(settings_path: str, result_path: str) -> None:
         return out
 
     def timed_get_reward(model, *a, **k):
-        t0 = time.perf_counter()
+        t0 = start()
         out = real_get_reward(model, *a, **k)
-        phases["reward" if model is trainer.reward_model else "forward"] += time.perf_counter() - t0
+        add("reward" if model is trainer.reward_model else "forward", t0)
         return out
 
     def timed_forward(model, *a, **k):
         if torch.is_grad_enabled():  # the training forward of policy + value
             return real_forward(model, *a, **k)
-        t0 = time.perf_counter()
+        t0 = start()
         out = real_forward(model, *a, **k)
-        phases["forward"] += time.perf_counter() - t0
+        add("forward", t0)
         return out
 
     class TimedGC:  # the loop calls gc.collect() twice per step: timed as "other"
@@ -147,9 +156,9 @@ def main(settings_path: str, result_path: str) -> None:
             return getattr(gc, name)
 
         def collect(self, *a):
-            t0 = time.perf_counter()
+            t0 = start()
             out = gc.collect(*a)
-            phases["other"] += time.perf_counter() - t0
+            add("other", t0)
             return out
 
     ppo_module.gc = TimedGC()
@@ -170,10 +179,12 @@ def main(settings_path: str, result_path: str) -> None:
             row["time_train"] = total - sum(phases.values())
             row["time_step"] = total
             row["cpu_step"] = cpu_boundaries[-1] - cpu_boundaries[-2]
+            row.update({f"cpu_{k}": v for k, v in cpu_phases.items()})
+            row["cpu_train"] = row["cpu_step"] - sum(cpu_phases.values())
             row["response_tokens"] = tokens[-1] if tokens else None
             per_step.append(row)
             for k in phases:
-                phases[k] = 0.0
+                phases[k] = cpu_phases[k] = 0.0
 
     trainer.add_callback(Clock())
     trainer.train()
