@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench clean test-vllm test-oldest test-gpu test-deepspeed
+.PHONY: demo test lint bench clean test-vllm test-oldest test-gpu test-deepspeed test-verl
 
 # pyproject.toml declares compatible ranges; constraints.txt is the exact, tested set installed here.
 $(STAMP): pyproject.toml constraints.txt
@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/extraction.py
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) $(DS_VENV) runs
+	rm -rf $(VENV) $(OLDEST_VENV) $(DS_VENV) $(VERL_VENV) runs
 
 # The lower bounds of pyproject.toml's ranges, tested: .venv-oldest gets the oldest versions they
 # admit (constraints-oldest.txt; torch stays 2.13.0, the CPU wheel) and the suite runs there.
@@ -108,3 +108,31 @@ $(DS_STAMP): pyproject.toml constraints.txt
 
 test-deepspeed: $(DS_STAMP)
 	$(DS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/optional -m deepspeed
+
+# Optional: verl 0.9.x (tests/optional/test_verl.py, marker verl): the reward manager
+# (seq2seq_rm.integrations.verl) inside verl's own reward loop on CPU, Ray included. verl 0.9.1 pins
+# transformers<5.11 and so tokenizers<=0.23.0, below pyproject's ranges (transformers>=5.18,
+# tokenizers>=0.23.1): .venv-verl keeps verl's versions and installs the project with --no-deps, plus its
+# dependencies verl does not bring (at constraints.txt's versions); `pip check` must then report those two
+# conflicts and nothing else. torch stays 2.13.0 (the CPU wheel). ~1.5 GB, ~3 min to build once, ~1 min of tests.
+VERL_VENV  := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+
+$(VERL_STAMP): pyproject.toml constraints.txt
+	test -x $(VERL_VENV)/bin/python || $(PY) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q torch==2.13.0
+	echo 'torch==2.13.0+cpu' > $(VERL_VENV)/constraints.txt
+	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q -c $(VERL_VENV)/constraints.txt verl==0.9.1
+	$(VERL_VENV)/bin/pip freeze --disable-pip-version-check | grep -iE '^(torch|transformers|tokenizers)==' > $(VERL_VENV)/keep.txt
+	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q -c $(VERL_VENV)/keep.txt \
+	  $$(grep -E '^(trl|matplotlib|gguf|pytest|hypothesis)==' constraints.txt)
+	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	! $(VERL_VENV)/bin/pip check --disable-pip-version-check 2>/dev/null \
+	  | grep -vE '^seq2seq-rm [^ ]+ has requirement (transformers|tokenizers)[^ ]*, but you have |^No broken requirements'
+	$(VERL_VENV)/bin/python -c "import seq2seq_rm.integrations.verl, seq2seq_rm.rewards.train"
+	touch $(VERL_STAMP)
+
+test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null \
+	  | grep -iE '^(verl|torch|transformers|tokenizers|ray|trl) '
+	$(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/optional -m verl

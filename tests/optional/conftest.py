@@ -5,6 +5,8 @@
   python (vLLM pins its own torch and transformers; the project is installed there too).
 * ``deepspeed``: DeepSpeed ZeRO runs (two processes on CPU), under ``.venv-deepspeed``'s python
   (``make test-deepspeed``).
+* ``verl``: the verl reward manager inside verl's reward loop, under ``.venv-verl``'s python (verl 0.9.1
+  pins transformers < 5.11; ``make test-verl``).
 
 Collected with the rest of ``tests/`` but skipped unless their marker is asked for:
 ``make test-vllm`` runs ``pytest tests/optional -m vllm`` in .venv and
@@ -16,7 +18,8 @@ import re
 
 import pytest
 
-OPTIONAL = {"vllm": "make test-vllm", "vllm_engine": "make test-vllm", "deepspeed": "make test-deepspeed"}
+OPTIONAL = {"vllm": "make test-vllm", "vllm_engine": "make test-vllm", "deepspeed": "make test-deepspeed",
+            "verl": "make test-verl"}
 
 
 def pytest_collection_modifyitems(config, items):
