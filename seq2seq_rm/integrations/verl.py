@@ -87,6 +87,10 @@ class VerlRewardOptions(Options):
     rm: str | None = opt(None, "the RM folder (seq2seq-rm rm train, either kind); default: reward.reward_model.model_path")
     device: str = opt("auto", "where the RM runs: auto (cuda when the worker sees a GPU, else cpu) | cpu | cuda | cuda:N")
     dtype: Dtype = opt("float32", "storage dtype of the RM's weights")
+    rm_server: str | None = opt(
+        None, "score with a vLLM server (http://HOST:PORT/v1) serving the `rm` folder instead of loading its weights in "
+              "every reward worker (seq2seq RMs; README, 'The seq2seq RM served by vLLM')")
+    rm_server_key_env: str | None = opt(None, "environment variable holding rm_server's API key")
     trust_remote_code: bool = opt(False, "allow custom model code in the RM folder")
     score_unfinished: Literal["append_eos", "as_is"] = opt(
         "append_eos", "a response cut at the length budget (no EOS) is scored as if it stopped there (append_eos: "
@@ -227,7 +231,7 @@ class Seq2SeqRMRewardManager(RewardManagerBase):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.rm = load_reward_model(str(path), device=device, trust_remote_code=opts.trust_remote_code,
-                                    dtype=opts.dtype)
+                                    dtype=opts.dtype, server=opts.rm_server, server_key_env=opts.rm_server_key_env)
         policy = _get(config, "actor_rollout_ref.model.tokenizer_path") or _get(config, "actor_rollout_ref.model.path")
         check_same_tokenizer(tokenizer, self.rm.tokenizer, str(policy or "the policy"), str(path))
         if opts.extraction is not None:

@@ -51,6 +51,7 @@ from ..errors import ConfigError, Seq2SeqRMError
 from ..io import atomic_dir, atomic_write_json, clean_stale, is_terminal
 from ..layout import concat, response_logits, response_slice
 from ..outputs import META_FILES, check_output_dir, read_policy_template
+from ..rewards.policy import check_same_tokenizer, policy_token_rewards
 from . import losses as L
 from . import zero
 from .rollout import SamplingConfig, VLLMOptions, check_vllm_options, step_seed
@@ -305,7 +306,7 @@ class PPOTrainer:
         self.rm = reward_model or load_reward_model(cfg.rm, device=self.device, trust_remote_code=cfg.trust_remote_code,
                                                     dtype=self.dtype, server=cfg.rm_server,
                                                     server_key_env=cfg.rm_server_key_env)
-        _check_same_tokenizer(self.tokenizer, self.rm.tokenizer, cfg.policy, cfg.rm)
+        check_same_tokenizer(self.tokenizer, self.rm.tokenizer, cfg.policy, cfg.rm)
         if cfg.extraction is not None:
             if self.rm.kind != "seq2seq":
                 raise ConfigError(f"extraction options apply to a seq2seq RM; {cfg.rm or 'the RM'} is a "
@@ -320,7 +321,7 @@ class PPOTrainer:
                                       dtype=self.dtype).to(self.device).eval()
             self.ref.requires_grad_(False)
         if cfg.critic_init == "rm":
-            _check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.rm), cfg.policy, cfg.rm)
+            check_same_tokenizer(self.tokenizer, load_tokenizer(cfg.rm), cfg.policy, cfg.rm)
         critic = ValueModel.from_folder(cfg.policy if cfg.critic_init == "policy" else cfg.rm, cfg.trust_remote_code,
                                         dtype=self.dtype)
         if cfg.actor_lora.enabled:
@@ -457,23 +458,9 @@ class PPOTrainer:
         """RM token rewards (B, T); a response cut at ``max_new_tokens`` is scored as
         ``score_unfinished`` says and penalised by ``missing_eos_penalty``."""
         cfg = self.cfg
-        ids, mask, t = b.response_ids, b.response_mask, b.response_ids.shape[1]
-        unfinished = ~b.finished.to(mask.device)
-        lengths = mask.sum(-1)
-        if cfg.score_unfinished == "append_eos" and unfinished.any():
-            ids, mask = _append_eos(ids, mask, unfinished, self.tokenizer.eos_token_id)
-        # a copy: the reward models score under inference_mode, and inference tensors refuse the
-        # in-place edits below
-        r = self.rm.token_rewards(b.prompts, ids, mask).rewards.to(self.device).float().clone()
-        rows = torch.arange(len(r), device=r.device)
-        last = (lengths - 1).clamp(min=0).to(r.device)
-        if r.shape[1] > t:  # the appended EOS is no action of the policy: its reward goes to the last real token
-            extra = torch.where(unfinished.to(r.device), r[rows, lengths.clamp(max=t).to(r.device)], 0.0)
-            r = r[:, :t].clone()  # contiguous, and the slice would share storage
-            r[rows, last] += extra
-        if cfg.missing_eos_penalty:
-            r[rows, last] -= cfg.missing_eos_penalty * unfinished.to(r.device).float()
-        b.rm_rewards = torch.where(b.response_mask, r, 0.0)
+        b.rm_rewards = policy_token_rewards(
+            self.rm, b.prompts, b.response_ids, b.response_mask, b.finished, score_unfinished=cfg.score_unfinished,
+            missing_eos_penalty=cfg.missing_eos_penalty, eos_token_id=self.tokenizer.eos_token_id, device=self.device)
         _check_finite("reward", b.rm_rewards, self.step + 1, self._latest_checkpoint())
 
     @torch.no_grad()
@@ -902,18 +889,6 @@ class PPOTrainer:
 # --------------------------------------------------------------------------------------
 
 
-def _append_eos(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, eos: int):
-    """(B, T+1) ids and mask with ``eos`` written right after the last real token of ``rows`` (B,) bool."""
-    lengths = mask.sum(-1)
-    pad = torch.zeros_like(ids[:, :1])
-    ids = torch.cat([ids, pad], dim=1)
-    mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-    at = lengths.unsqueeze(1)
-    ids = ids.scatter(1, at, torch.where(rows.unsqueeze(1), eos, ids.gather(1, at)))
-    mask = mask.scatter(1, at, rows.unsqueeze(1) | mask.gather(1, at))
-    return ids, mask
-
-
 def enable_checkpointing(model) -> None:
     """Activation (gradient) checkpointing of a transformers model, a peft-wrapped one included.
 
@@ -955,15 +930,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _check_same_tokenizer(policy_tok, rm_tok, policy: str, rm: str) -> None:
-    """The RM scores the policy's token ids directly, so both must share one vocabulary."""
-    if policy_tok.get_vocab() != rm_tok.get_vocab() or policy_tok.eos_token_id != rm_tok.eos_token_id:
-        raise ConfigError(
-            f"the reward model's tokenizer ({rm}) differs from the policy's ({policy}); token rewards are "
-            "aligned to the policy's token ids, so train the RM from the SFT policy (same tokenizer)"
-        )
 
 
 class _MetricsLogger:
