@@ -125,7 +125,7 @@ $(VERL_STAMP): pyproject.toml constraints.txt
 	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q -c $(VERL_VENV)/constraints.txt verl==0.9.1
 	$(VERL_VENV)/bin/pip freeze --disable-pip-version-check | grep -iE '^(torch|transformers|tokenizers)==' > $(VERL_VENV)/keep.txt
 	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q -c $(VERL_VENV)/keep.txt \
-	  $$(grep -E '^(trl|matplotlib|gguf|pytest|hypothesis)==' constraints.txt)
+	  $$(grep -E '^(trl|matplotlib|gguf|pytest|hypothesis|fastapi|starlette|uvicorn)==' constraints.txt)
 	$(VERL_VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
 	! $(VERL_VENV)/bin/pip check --disable-pip-version-check 2>/dev/null \
 	  | grep -vE '^seq2seq-rm [^ ]+ has requirement (transformers|tokenizers)[^ ]*, but you have |^No broken requirements'
