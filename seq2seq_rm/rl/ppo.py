@@ -14,7 +14,8 @@ checkpoints (weights, optimizers, schedulers, KL controller, reward statistics, 
 step) every ``save_every`` steps and on Ctrl-C; ``resume=true`` continues a killed run
 as if it had never stopped (prompt order and sampling seeds are functions of the step).
 The same code runs under ``torchrun`` / ``accelerate launch`` with several processes
-(each takes its own share of every prompt batch; gradients are averaged by DDP).
+(each takes its own share of every prompt batch; gradients are averaged by DDP, or by
+DeepSpeed ZeRO with one engine per trained model: rl/zero.py).
 """
 
 from __future__ import annotations

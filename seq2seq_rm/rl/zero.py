@@ -222,10 +222,6 @@ def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf:
     return engine
 
 
-def is_partitioned(model) -> bool:
-    return any(hasattr(p, "ds_tensor") for p in model.parameters())
-
-
 @contextlib.contextmanager
 def gathered(*models):
     """The full weights of ZeRO-3-partitioned ``models`` on every process for the body (read-only;
