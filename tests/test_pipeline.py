@@ -49,6 +49,10 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
         for kind in ("scalar", "seq2seq"):
             rm = report["rm_eval"][seed][kind]
             assert rm["oracle"]["pairs"] == rm["annotator"]["pairs"] == 9 and rm["oracle"]["calibration"]
+            # broken down by task: 3 held-out pairs of each, and together the overall accuracy
+            groups = rm["oracle"]["by_group"]
+            assert set(groups) == {"safety", "summarize", "instruct"} and {g["pairs"] for g in groups.values()} == {3}
+            assert sum(g["accuracy"] for g in groups.values()) / 3 == pytest.approx(rm["oracle"]["accuracy"])
     # one shared SFT policy: every seed's PPO started from it
     policy = json.loads((out / "seed-1/ppo-seq2seq.run/config.json").read_text())["policy"]
     assert policy == str(out / "shared" / "sft") and not (out / "seed-1" / "sft").exists()
@@ -67,6 +71,8 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
     assert "seq2seq: constant, rematch=zero, normalize=none" in html  # arms named with their extraction options
     md = (out / "report.md").read_text()
     assert "| seq2seq vs scalar | all seeds |" in md and "|  | seed 1 |" in md
+    assert "vs oracle: summarize |" in md and "vs the oracle: summarize" in html
+    assert "summarize: scalar" in printed  # per-task RM accuracy in the headline
     # the miniature's untrained policies write empty answers that all tie: flagged, not reported as findings
     if report["splits"]["test"]["win_rates"]["seq2seq vs scalar"]["ties"] == 18:
         assert any("seq2seq vs scalar (test): 18 of 18 pairs are ties" in w for w in report["warnings"])

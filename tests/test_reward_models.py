@@ -202,6 +202,23 @@ def test_pairwise_accuracy_counts_ties_as_half(tiny_model_dir):
     assert m["ties"] == pytest.approx(0.25)
 
 
+def test_pairwise_accuracy_per_group_uses_each_groups_own_pairs(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    recs = [
+        PreferenceRecord("p", "a long chosen answer", "short"),  # a: win
+        PreferenceRecord("p", "short", "a long rejected answer"),  # b: loss
+        PreferenceRecord("p", "same", "same"),  # a: tie
+        PreferenceRecord("p", "longer one here", "x"),  # b: win
+        PreferenceRecord("p", "x", "longer one here"),  # b: loss
+    ]
+    m = evaluate_pairs(_LengthRM(tok), recs, batch_size=2, groups=["a", "b", "a", "b", "b"])
+    assert m["by_group"]["a"] == {"accuracy": pytest.approx(0.75), "ties": pytest.approx(0.5), "pairs": 2}
+    assert m["by_group"]["b"] == {"accuracy": pytest.approx(1 / 3), "ties": 0.0, "pairs": 3}
+    assert m["accuracy"] == pytest.approx((2 + 0.5) / 5)
+    with pytest.raises(ValueError, match="2 labels for 5 records"):
+        evaluate_pairs(_LengthRM(tok), recs, groups=["a", "b"])
+
+
 def test_seq2seq_eval_reports_agreement_on_chosen_and_rejected(seq2seq_rm_dir, sample_rows):
     rm = load_reward_model(seq2seq_rm_dir)
     recs = [PreferenceRecord(r["prompt"], r["chosen"], r["rejected"]) for r in sample_rows[:30]]

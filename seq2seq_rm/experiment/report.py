@@ -339,8 +339,7 @@ def write_report(results: dict, runs, out: Path) -> Path:
         "vertical-align:top;max-width:320px}</style></head><body>",
         "<h1>Seq2seq RM vs scalar RM: PPO on the bundled tasks</h1>",
         f"<p class='note'>Commit {ESC(str(results.get('commit')))}; tasks {ESC(', '.join(tasks))}; seeds "
-        f"{ESC(str(cfg['seeds']))}; model {ESC(cfg['base_model'] or cfg['size'])}; SFT on "
-        f"{ESC(cfg['sft_data'])} demonstrations ({'shared by all seeds' if cfg['shared_sft'] else 'one per seed'}); "
+        f"{ESC(str(cfg['seeds']))}; " + _sft_note(cfg) + "; "
         f"annotator biases {ESC(json.dumps(cfg['annotator']))}; total time {results['total_seconds']:.0f} s. "
         "Judge: the tasks' programmatic oracles, every pair in both orders (a win only when both orders agree); "
         "95% intervals from a two-stage bootstrap (seeds, then prompts within each seed). The full config is in "
@@ -401,10 +400,12 @@ def write_report(results: dict, runs, out: Path) -> Path:
         parts.append(_table(["annotator", "seeds", "seq2seq vs scalar", "95% CI", "N", "refusal risky (sft)",
                              "(scalar)", "(seq2seq)", "summary words (sft)", "(scalar)", "(seq2seq)"], rows))
     parts.append("<h2>Reward models on held-out pairs</h2><img src='rm_calibration.png' alt='RM calibration'>")
+    tasks = _rm_eval_tasks(results)
     rows = [[seed, kind, _fmt(m["oracle"]["accuracy"]), _fmt(m["annotator"]["accuracy"]), m["oracle"]["pairs"]]
+            + [_group_acc(m["oracle"], t) for t in tasks]
             for seed, d in results["rm_eval"].items() for kind, m in d.items()]
-    parts.append(_table(["seed", "RM", "accuracy vs the oracle", "accuracy vs the annotator's labels", "N pairs"],
-                        rows))
+    parts.append(_table(["seed", "RM", "accuracy vs the oracle", "accuracy vs the annotator's labels", "N pairs"]
+                        + [f"vs the oracle: {t}" for t in tasks], rows))
     parts.append("<h2>Side by side</h2><p class='note'>Greedy test responses of the first seed, each with its "
                  "oracle score; the last column is the seq2seq RM's own rewrite of the seq2seq arm's response "
                  "(what its token rewards compare against).</p>")
@@ -458,11 +459,13 @@ def markdown_summary(results: dict) -> str:
             lines += ["", f"SFT's oracle quality as a share of the reference responses': "
                           f"{_shares(res['sft_share_of_reference'])}"]
         lines.append("")
-    lines += ["| seed | RM | accuracy vs oracle | accuracy vs annotator | N |", "|---|---|---|---|---|"]
+    tasks = _rm_eval_tasks(results)
+    lines += ["| seed | RM | accuracy vs oracle | accuracy vs annotator | N |"
+              + "".join(f" vs oracle: {t} |" for t in tasks), "|---" * (5 + len(tasks)) + "|"]
     for seed, d in results["rm_eval"].items():
         for kind, m in d.items():
             lines.append(f"| {seed} | {kind} | {_fmt(m['oracle']['accuracy'])} | {_fmt(m['annotator']['accuracy'])} "
-                         f"| {m['oracle']['pairs']} |")
+                         f"| {m['oracle']['pairs']} |" + "".join(f" {_group_acc(m['oracle'], t)} |" for t in tasks))
     lines.append("")
     for p in results.get("sweep", []):
         w = p["seq2seq vs scalar"]
@@ -471,6 +474,25 @@ def markdown_summary(results: dict) -> str:
                      + ", ".join(f"{a} {_fmt(p['arms'][a]['refusal_risky_benign'], pct=True)}"
                                  for a in ("sft", "scalar", "seq2seq")))
     return "\n".join(lines) + "\n"
+
+
+def _sft_note(cfg: dict) -> str:
+    """Where the SFT policy came from, for the report's header."""
+    if cfg.get("sft_policy"):
+        return f"SFT policy given (sft_policy: {ESC(cfg['sft_policy'])}), shared by all seeds"
+    return (f"model {ESC(cfg['base_model'] or cfg['size'])}; SFT on {ESC(cfg['sft_data'])} demonstrations "
+            f"({'shared by all seeds' if cfg['shared_sft'] else 'one per seed'})")
+
+
+def _rm_eval_tasks(results: dict) -> list[str]:
+    """The tasks the RM accuracies are broken down by (none for runs that predate the breakdown)."""
+    return sorted({t for d in results["rm_eval"].values() for m in d.values()
+                   for t in m["oracle"].get("by_group", {})})
+
+
+def _group_acc(m: dict, task: str) -> str:
+    g = m.get("by_group", {}).get(task)
+    return f"{_fmt(g['accuracy'])} (N={g['pairs']})" if g else "–"
 
 
 def _shares(share: dict) -> str:
@@ -493,6 +515,10 @@ def headline(results: dict, html: Path | None = None) -> str:
     accs = {kind: [d[kind]["oracle"]["accuracy"] for d in results["rm_eval"].values()] for kind in ("scalar", "seq2seq")}
     lines.append("  RM accuracy vs the oracle on held-out pairs: "
                  + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in accs.items() if v))
+    for task in _rm_eval_tasks(results):
+        per = {kind: [d[kind]["oracle"]["by_group"][task]["accuracy"] for d in results["rm_eval"].values()
+                      if task in d[kind]["oracle"].get("by_group", {})] for kind in ("scalar", "seq2seq")}
+        lines.append(f"    {task}: " + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in per.items() if v))
     if results.get("warnings"):
         lines.append(f"  {len(results['warnings'])} warning(s), e.g.: {results['warnings'][0]}")
     if html is not None:

@@ -92,7 +92,7 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
     from ..tasks import get_task
 
     ann = _annotator(annotator)
-    pairs, chosen_sft, ppo_prompts, test_pairs, test_oracle = [], [], [], [], []
+    pairs, chosen_sft, ppo_prompts, test_pairs, test_oracle, test_tasks = [], [], [], [], [], []
     prompts = {s: [] for s in SPLITS}
     for name in cfg.tasks:
         task = get_task(name)
@@ -104,6 +104,7 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
         held_out = task.preferences("test", cfg.test_prompts, seed, ann)
         test_pairs += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in held_out]
         test_oracle += [_oracle_order(r) for r in held_out]
+        test_tasks += [name] * len(held_out)
         for split, n in (("test", cfg.test_prompts), ("ood", cfg.ood_prompts)):
             prompts[split] += task.prompt_rows(split, n, seed)
     files = {
@@ -117,7 +118,7 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
         files[f"{split}_prompts"] = _write_jsonl(d / f"data/{split}_prompts.jsonl", rows)
     corpus = [t for r in pairs for t in (r["prompt"], r["chosen"], r["rejected"])]
     corpus += [r["prompt"] for rows in prompts.values() for r in rows]
-    return {"files": files, "prompts": prompts, "corpus": corpus}
+    return {"files": files, "prompts": prompts, "corpus": corpus, "test_tasks": test_tasks}
 
 
 def _kept(path: Path, resume: bool, kind: str | None = None) -> bool:
@@ -245,7 +246,8 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
                                              train=_with_seed(cfg.rm, seed), extraction=cfg.extraction,
                                              dtype=cfg.dtype, resume=_started(rm_dirs[kind], resume)))
         rm = load_reward_model(rm_dirs[kind], dtype=cfg.dtype)
-        run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs) for labels, recs in test_sets.items()}
+        run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs, groups=_task_labels(recs, data["test_tasks"]))
+                             for labels, recs in test_sets.items()}
         clock.lap(f"rm-{kind}")
 
     ppo_rows = [json.loads(x) for x in Path(files["ppo_prompts"]).read_text(encoding="utf-8").splitlines() if x]
@@ -273,6 +275,16 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
             run.responses[arm][split] = [json.loads(x) for x in path.read_text().splitlines() if x]
     clock.lap("generate")
     return run
+
+
+def _task_labels(records: list, tasks: list[str]) -> list[str] | None:
+    """The task of each held-out pair, for per-task RM accuracy; None (overall accuracy only) if
+    the loader dropped a row, so the labels no longer line up."""
+    if len(records) != len(tasks):
+        log.warning("held-out pairs: %d loaded of %d written; RM accuracy is not broken down by task",
+                    len(records), len(tasks))
+        return None
+    return tasks
 
 
 def _slug(arm: str) -> str:
@@ -343,6 +355,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = Fal
         check_output_dir(out, "experiment", overwrite)
     if cfg.base_model and not Path(cfg.base_model).exists():
         raise ConfigError(f"base_model {cfg.base_model} does not exist")
+    if cfg.sft_policy:
+        from ..outputs import output_kind
+
+        found = output_kind(cfg.sft_policy) if Path(cfg.sft_policy).is_dir() else None
+        if found != "sft":
+            raise ConfigError(f"sft_policy {cfg.sft_policy} is not an SFT policy folder (no {META_FILES['sft']} of "
+                              f"a `seq2seq-rm sft` output{'; it holds a ' + found + ' output' if found else ''})")
     for name in cfg.tasks:
         get_task(name)
     if not resume and out.is_dir() and any(out.iterdir()):
@@ -358,8 +377,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = Fal
     t0 = time.perf_counter()
     shared_seconds: dict = {}
     try:
-        sft_dir = None
-        if cfg.shared_sft:
+        sft_dir = cfg.sft_policy or None
+        if cfg.shared_sft and not cfg.sft_policy:
             clock = _Clock(shared_seconds, "shared")
             first = prepare_data(cfg, cfg.seeds[0], out / "shared", cfg.annotator)  # a corpus for the tokenizer
             sft_dir = build_sft(cfg, out / "shared", cfg.sft_seed, first["corpus"], first["files"]["chosen_sft"],

@@ -10,8 +10,12 @@ from .views import chunks, score_responses
 SEQ2SEQ_SCORES = ("mean", "sum", "agree_fraction")
 
 
-def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16) -> dict:
+def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16,
+                   groups: list[str] | None = None) -> dict:
     """Pairwise accuracy: P(score(chosen) > score(rejected)), ties counted as half.
+
+    ``groups``: one label per record (e.g. its task); the headline accuracy is then also given per
+    label under ``by_group`` (``{label: {"accuracy", "ties", "pairs"}}``), from the same scores.
 
     For a seq2seq RM the headline uses ``rm.extraction.sequence_score`` and every other
     sequence score is reported too, together with the share of agreeing tokens on chosen
@@ -52,6 +56,15 @@ def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16) ->
         "mean_tokens_rejected": torch.cat(len_r).mean().item(),
     }
     out["calibration"] = calibration(c, r)
+    if groups is not None:
+        if len(groups) != len(records):
+            raise ValueError(f"groups has {len(groups)} labels for {len(records)} records")
+        out["by_group"] = {}
+        for g in sorted(set(groups)):
+            idx = torch.tensor([i for i, x in enumerate(groups) if x == g])
+            cg, rg = c[idx], r[idx]
+            out["by_group"][g] = {"accuracy": ((cg > rg).float().mean() + 0.5 * (cg == rg).float().mean()).item(),
+                                  "ties": (cg == rg).float().mean().item(), "pairs": len(idx)}
     if rm.kind == "seq2seq":
         out["by_sequence_score"] = {n: acc(n) for n in names}
         out["agree_fraction_chosen"] = torch.cat(sc["agree_fraction"]).mean().item()
