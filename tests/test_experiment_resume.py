@@ -61,3 +61,27 @@ def test_a_stopped_experiment_resumes_keeping_what_it_finished(tmp_path, monkeyp
     report = json.loads((out / "report.json").read_text())
     assert report["splits"]["test"]["win_rates"]["seq2seq vs scalar"]["n"] + \
         report["splits"]["test"]["win_rates"]["seq2seq vs scalar"]["invalid"] == 2
+
+    # another experiment can start from this one's SFT policy: no SFT stage, every arm starts from it
+    out2 = tmp_path / "exp2"
+    assert main(["experiment", "--out", str(out2), *ARGS, f"sft_policy={out / 'shared/sft'}"]) == 0
+    assert calls["sft"] == 1 and not (out2 / "shared").exists()
+    policy = json.loads((out2 / "seed-0/ppo-seq2seq.run/config.json").read_text())["policy"]
+    assert policy == str(out / "shared/sft")
+    assert json.loads((out2 / "report.json").read_text())["config"]["sft_policy"] == str(out / "shared/sft")
+    assert "sft_policy" in (out2 / "report.html").read_text()
+
+
+def test_sft_policy_must_be_an_sft_output_and_replaces_the_sft_stage(tmp_path, capsys):
+    rm_dir = tmp_path / "rm"
+    rm_dir.mkdir()
+    (rm_dir / "seq2seq_rm.json").write_text(json.dumps({"kind": "scalar"}))
+    out = tmp_path / "exp"
+    assert main(["experiment", "--out", str(out), *ARGS, f"sft_policy={rm_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an SFT policy folder" in err and "reward-model" in err
+    assert main(["experiment", "--out", str(out), *ARGS, f"sft_policy={tmp_path / 'missing'}"]) == 2
+    assert "is not an SFT policy folder" in capsys.readouterr().err
+    assert main(["experiment", "--out", str(out), *ARGS, f"sft_policy={rm_dir}", "shared_sft=false"]) == 2
+    assert "cannot be combined with shared_sft=false" in capsys.readouterr().err
+    assert not (out / "seed-0").exists()

@@ -93,6 +93,9 @@ class ExperimentConfig(Options):
     shared_sft: bool = opt(True, "build the base model and the SFT policy once (sft_seed) and start every seed's "
                                  "RMs and PPO from it; false: every seed trains its own")
     sft_seed: int = opt(0, "seed of the shared base model, tokenizer and SFT policy", ge=0)
+    sft_policy: str = opt("", "start every seed's RMs and PPO from this SFT policy (an `sft` output folder, e.g. "
+                              "an earlier experiment's shared/sft) instead of building and training one; the SFT "
+                              "options (size, sft, sft_rows, sft_data, base_model) are then unused")
     annotator: AnnotatorOptions = opt(AnnotatorOptions(), "the simulated annotator of the preference pairs")
     train_pairs: int = opt(400, "training preference pairs per task", ge=1)
     ppo_prompts: int = opt(300, "training prompts per task for PPO", ge=1)
@@ -113,6 +116,9 @@ class ExperimentConfig(Options):
     def check(self) -> None:
         if not self.tasks:
             raise ConfigError("tasks: give at least one task")
+        if self.sft_policy and (self.base_model or not self.shared_sft):
+            raise ConfigError("sft_policy replaces the SFT stage: it cannot be combined with "
+                              + ("base_model" if self.base_model else "shared_sft=false (every seed training its own)"))
         unknown = [t for t in self.tasks if t not in TASK_NAMES]
         if unknown:
             raise ConfigError(f"tasks: unknown task(s) {', '.join(map(str, unknown))}; choose from "
