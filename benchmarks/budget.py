@@ -53,7 +53,7 @@ def main() -> int:
     p.add_argument("--out", help="the run's output folder (default runs/<which>-budget)")
     p.add_argument("--json", help="write the measurement here")
     p.add_argument("extra", nargs="*", help="more arguments for the command (after --)")
-    a = p.parse_args()
+    a = p.parse_intermixed_args()  # options may follow the positionals (`experiment --out D -- k=v`)
     out = a.out or f"runs/{a.which}-budget"
     exe = Path(sys.executable).with_name("seq2seq-rm")
     cmd = [str(exe), a.which, "--out", out, "--overwrite", *DEFAULT_ARGS[a.which], *a.extra]
