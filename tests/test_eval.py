@@ -420,3 +420,21 @@ def test_hierarchical_bootstrap_widens_with_seed_variance_and_reduces_to_the_pla
     plain = bootstrap_ci(spread[0], n_boot=4000, seed=3)
     assert one == pytest.approx(plain, abs=0.02)  # one seed: the ordinary bootstrap over prompts
     assert all(math.isnan(x) for x in hierarchical_bootstrap_ci([[], []]))
+
+
+def test_overoptimisation_windows_average_consecutive_steps_per_seed(tmp_path):
+    from types import SimpleNamespace
+
+    from seq2seq_rm.experiment.report import _windows
+
+    runs = []
+    for seed, values in enumerate(([1, 2, 3, 4, 5, 6, 7], [10, 20, 30, 40, 50, 60])):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        write_jsonl(d / "metrics.jsonl", [{"kl": v} for v in values])
+        runs.append(SimpleNamespace(ppo_runs={"scalar": str(d)}))
+    runs.append(SimpleNamespace(ppo_runs={}))  # a seed without this arm is left out
+    # the shortest run (6 steps) sets the length; 3 windows of 2 steps each, step 7 of seed 0 unused
+    w = _windows(runs, "scalar", "kl", n_windows=3)
+    assert w.tolist() == [[1.5, 3.5, 5.5], [15.0, 35.0, 55.0]]
+    assert _windows(runs, "scalar", "rm_reward") is None and _windows(runs, "seq2seq", "kl") is None

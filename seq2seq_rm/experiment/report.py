@@ -148,29 +148,67 @@ def _curves(runs, arm: str, key: str, smooth: int = 5):
     return np.arange(1, n + 1), stack.mean(0), stack.std(0)
 
 
+def _windows(runs, arm: str, key: str, n_windows: int = 16):
+    """(seeds, windows) array of a per-step metric, averaged over consecutive windows of steps
+    (``n_windows`` of them, fewer for short runs); None when no seed logged ``key``."""
+    import numpy as np
+
+    series = []
+    for r in runs:
+        if arm not in r.ppo_runs:
+            continue
+        rows = [json.loads(x) for x in (Path(r.ppo_runs[arm]) / "metrics.jsonl").read_text().splitlines() if x]
+        if rows and key in rows[0]:
+            series.append(np.array([row.get(key) if row.get(key) is not None else np.nan for row in rows], float))
+    if not series:
+        return None
+    n = min(len(v) for v in series)
+    width = max(1, n // n_windows)
+    k = n // width
+    return np.stack([np.nanmean(v[: k * width].reshape(k, width), axis=1) for v in series])
+
+
 def plot_overoptimisation(runs, arms: list[str], path: Path, colours: dict) -> None:
-    """Oracle quality of the rollouts against KL(policy || reference) and against the arm's own
-    RM reward, step by step (Gao et al. 2022, "Scaling laws for reward model overoptimization")."""
+    """Oracle quality of the rollouts over PPO steps, against KL(policy || reference) and against
+    the arm's own RM reward (Gao et al. 2022, "Scaling laws for reward model overoptimization").
+
+    The two right panels average each seed's steps over consecutive windows (16 per run), then
+    take the mean and sd over seeds of each window, so each arm is one curve in step order. RM
+    rewards have each arm's own scale (a scalar head, token sums, probabilities): the x axis is the
+    gain since the first window divided by the arm's largest gain, so 1 is where its own RM was
+    most satisfied and every arm fits one axis."""
+    import numpy as np
+
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    width = None
     for arm in arms:
-        q, kl, rw = (_curves(runs, arm, k) for k in ("oracle_quality", "kl", "rm_reward"))
-        if q is None or kl is None:
+        q = _curves(runs, arm, "oracle_quality")
+        qw, klw, rww = (_windows(runs, arm, k) for k in ("oracle_quality", "kl", "rm_reward"))
+        if q is None or qw is None or klw is None:
             continue
-        steps, qm, qs = q
         c = colours[arm]
+        steps, qm, qs = q
         axes[0].plot(steps, qm, color=c, label=arm)
         axes[0].fill_between(steps, qm - qs, qm + qs, color=c, alpha=0.15)
-        axes[1].plot(kl[1][: len(qm)], qm, color=c, label=arm)
-        axes[1].fill_between(kl[1][: len(qm)], qm - qs, qm + qs, color=c, alpha=0.15)
-        axes[2].plot(rw[1][: len(qm)], qm, color=c, label=arm)
-    axes[0].set(xlabel="PPO step", ylabel="oracle quality of rollouts", title="oracle quality over training")
+        width = max(1, len(steps) // 16)
+        qwm, qws, klm = qw.mean(0), qw.std(0), klw.mean(0)
+        axes[1].errorbar(klm, qwm, yerr=qws, xerr=klw.std(0), color=c, marker="o", ms=3, lw=1.2, elinewidth=0.6,
+                         capsize=0, label=arm)
+        if rww is not None:
+            gain = rww.mean(0) - rww.mean(0)[0]
+            scale = np.nanmax(np.abs(gain)) or 1.0
+            axes[2].errorbar(gain / scale, qwm, yerr=qws, color=c, marker="o", ms=3, lw=1.2, elinewidth=0.6,
+                             capsize=0, label=arm)
+    axes[0].set(xlabel="PPO step", ylabel="oracle quality of rollouts",
+                title="oracle quality over training (moving average of 5 steps)")
     axes[1].set(xlabel="KL(policy || reference), per response", ylabel="oracle quality",
                 title="quality against KL (over-optimisation)")
-    axes[2].set(xlabel="the arm's own RM reward per response (its own scale)", ylabel="oracle quality",
-                title="quality against RM reward")
+    axes[2].set(xlabel="the arm's own RM reward: gain / its largest gain", ylabel="oracle quality",
+                title="quality against the arm's own RM reward")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"mean over {len(runs)} seed(s), band +-1 sd; moving average of 5 steps", fontsize=9)
+    fig.suptitle(f"mean over {len(runs)} seed(s), bars and bands +-1 sd over seeds"
+                 + (f"; right panels: windows of {width} steps in step order" if width else ""), fontsize=9)
     _save(fig, path)
 
 
