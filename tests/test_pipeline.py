@@ -50,9 +50,13 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
             rm = report["rm_eval"][seed][kind]
             assert rm["oracle"]["pairs"] == rm["annotator"]["pairs"] == 9 and rm["oracle"]["calibration"]
             # broken down by task: 3 held-out pairs of each, and together the overall accuracy
-            groups = rm["oracle"]["by_group"]
+            groups = rm["oracle"]["by"]["task"]
             assert set(groups) == {"safety", "summarize", "instruct"} and {g["pairs"] for g in groups.values()} == {3}
             assert sum(g["accuracy"] for g in groups.values()) / 3 == pytest.approx(rm["oracle"]["accuracy"])
+            # and by kind of comparison, named by task and the oracle's better kind first
+            pairs = rm["oracle"]["by"]["pair"]
+            assert sum(g["pairs"] for g in pairs.values()) == 9
+            assert all(label.split(":")[0] in groups and " > " in label for label in pairs)
     # one shared SFT policy: every seed's PPO started from it
     policy = json.loads((out / "seed-1/ppo-seq2seq.run/config.json").read_text())["policy"]
     assert policy == str(out / "shared" / "sft") and not (out / "seed-1" / "sft").exists()
@@ -72,6 +76,7 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "| seq2seq vs scalar | all seeds |" in md and "|  | seed 1 |" in md
     assert "vs oracle: summarize |" in md and "vs the oracle: summarize" in html
+    assert "RM accuracy vs oracle by comparison" in md and "by kind of comparison" in html
     assert "summarize: scalar" in printed  # per-task RM accuracy in the headline
     # the miniature's untrained policies write empty answers that all tie: flagged, not reported as findings
     if report["splits"]["test"]["win_rates"]["seq2seq vs scalar"]["ties"] == 18:

@@ -211,12 +211,15 @@ def test_pairwise_accuracy_per_group_uses_each_groups_own_pairs(tiny_model_dir):
         PreferenceRecord("p", "longer one here", "x"),  # b: win
         PreferenceRecord("p", "x", "longer one here"),  # b: loss
     ]
-    m = evaluate_pairs(_LengthRM(tok), recs, batch_size=2, groups=["a", "b", "a", "b", "b"])
-    assert m["by_group"]["a"] == {"accuracy": pytest.approx(0.75), "ties": pytest.approx(0.5), "pairs": 2}
-    assert m["by_group"]["b"] == {"accuracy": pytest.approx(1 / 3), "ties": 0.0, "pairs": 3}
-    assert m["accuracy"] == pytest.approx((2 + 0.5) / 5)
-    with pytest.raises(ValueError, match="2 labels for 5 records"):
-        evaluate_pairs(_LengthRM(tok), recs, groups=["a", "b"])
+    m = evaluate_pairs(_LengthRM(tok), recs, batch_size=2,
+                       groups={"task": ["a", "b", "a", "b", "b"], "pair": ["x", "x", "y", "y", "y"]})
+    assert m["by"]["task"]["a"] == {"accuracy": pytest.approx(0.75), "ties": pytest.approx(0.5), "pairs": 2}
+    assert m["by"]["task"]["b"] == {"accuracy": pytest.approx(1 / 3), "ties": 0.0, "pairs": 3}
+    assert m["by"]["pair"]["x"] == {"accuracy": pytest.approx(0.5), "ties": 0.0, "pairs": 2}
+    assert m["by"]["pair"]["y"] == {"accuracy": pytest.approx(0.5), "ties": pytest.approx(1 / 3), "pairs": 3}
+    assert m["accuracy"] == pytest.approx((2 + 0.5) / 5) and "by" not in evaluate_pairs(_LengthRM(tok), recs)
+    with pytest.raises(ValueError, match=r"groups\['task'\] has 2 labels for 5 records"):
+        evaluate_pairs(_LengthRM(tok), recs, groups={"task": ["a", "b"]})
 
 
 def test_seq2seq_eval_reports_agreement_on_chosen_and_rejected(seq2seq_rm_dir, sample_rows):

@@ -444,6 +444,11 @@ def write_report(results: dict, runs, out: Path) -> Path:
             for seed, d in results["rm_eval"].items() for kind, m in d.items()]
     parts.append(_table(["seed", "RM", "accuracy vs the oracle", "accuracy vs the annotator's labels", "N pairs"]
                         + [f"vs the oracle: {t}" for t in tasks], rows))
+    pair_rows = _pair_kind_rows(results)
+    if pair_rows:
+        parts.append("<p class='note'>Accuracy against the oracle by kind of comparison (the oracle's better kind "
+                     "first), pooled over seeds: which judgements each RM has learnt.</p>")
+        parts.append(_table(["comparison", "N pairs", "scalar RM", "seq2seq RM"], pair_rows))
     parts.append("<h2>Side by side</h2><p class='note'>Greedy test responses of the first seed, each with its "
                  "oracle score; the last column is the seq2seq RM's own rewrite of the seq2seq arm's response "
                  "(what its token rewards compare against).</p>")
@@ -505,6 +510,10 @@ def markdown_summary(results: dict) -> str:
             lines.append(f"| {seed} | {kind} | {_fmt(m['oracle']['accuracy'])} | {_fmt(m['annotator']['accuracy'])} "
                          f"| {m['oracle']['pairs']} |" + "".join(f" {_group_acc(m['oracle'], t)} |" for t in tasks))
     lines.append("")
+    pair_rows = _pair_kind_rows(results)
+    if pair_rows:
+        lines += ["| RM accuracy vs oracle by comparison (pooled over seeds) | N | scalar | seq2seq |", "|---|---|---|---|"]
+        lines += [f"| {' | '.join(str(c) for c in row)} |" for row in pair_rows] + [""]
     for p in results.get("sweep", []):
         w = p["seq2seq vs scalar"]
         lines.append(f"- sweep {json.dumps(p['annotator'])}: seq2seq vs scalar {_fmt(w['win_rate'])} "
@@ -525,11 +534,29 @@ def _sft_note(cfg: dict) -> str:
 def _rm_eval_tasks(results: dict) -> list[str]:
     """The tasks the RM accuracies are broken down by (none for runs that predate the breakdown)."""
     return sorted({t for d in results["rm_eval"].values() for m in d.values()
-                   for t in m["oracle"].get("by_group", {})})
+                   for t in m["oracle"].get("by", {}).get("task", {})})
+
+
+def _pair_kind_rows(results: dict) -> list[list]:
+    """``[comparison, N, scalar accuracy, seq2seq accuracy]`` per kind of held-out comparison,
+    pooled over seeds (each seed's accuracy weighted by its pairs)."""
+    pooled: dict = {}
+    for d in results["rm_eval"].values():
+        for kind, m in d.items():
+            for label, g in m["oracle"].get("by", {}).get("pair", {}).items():
+                acc = pooled.setdefault(label, {}).setdefault(kind, [0.0, 0])
+                acc[0] += g["accuracy"] * g["pairs"]
+                acc[1] += g["pairs"]
+    rows = []
+    for label in sorted(pooled):
+        k = pooled[label]
+        n = next(iter(k.values()))[1]
+        rows.append([label, n] + [_fmt(k[kind][0] / k[kind][1]) if kind in k else "–" for kind in ("scalar", "seq2seq")])
+    return rows
 
 
 def _group_acc(m: dict, task: str) -> str:
-    g = m.get("by_group", {}).get(task)
+    g = m.get("by", {}).get("task", {}).get(task)
     return f"{_fmt(g['accuracy'])} (N={g['pairs']})" if g else "–"
 
 
@@ -554,8 +581,8 @@ def headline(results: dict, html: Path | None = None) -> str:
     lines.append("  RM accuracy vs the oracle on held-out pairs: "
                  + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in accs.items() if v))
     for task in _rm_eval_tasks(results):
-        per = {kind: [d[kind]["oracle"]["by_group"][task]["accuracy"] for d in results["rm_eval"].values()
-                      if task in d[kind]["oracle"].get("by_group", {})] for kind in ("scalar", "seq2seq")}
+        per = {kind: [d[kind]["oracle"]["by"]["task"][task]["accuracy"] for d in results["rm_eval"].values()
+                      if task in d[kind]["oracle"].get("by", {}).get("task", {})] for kind in ("scalar", "seq2seq")}
         lines.append(f"    {task}: " + ", ".join(f"{k} {_fmt(sum(v) / len(v))}" for k, v in per.items() if v))
     if results.get("warnings"):
         lines.append(f"  {len(results['warnings'])} warning(s), e.g.: {results['warnings'][0]}")

@@ -92,7 +92,8 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
     from ..tasks import get_task
 
     ann = _annotator(annotator)
-    pairs, chosen_sft, ppo_prompts, test_pairs, test_oracle, test_tasks = [], [], [], [], [], []
+    pairs, chosen_sft, ppo_prompts, test_pairs, test_oracle = [], [], [], [], []
+    test_groups = {"task": [], "pair": []}
     prompts = {s: [] for s in SPLITS}
     for name in cfg.tasks:
         task = get_task(name)
@@ -104,7 +105,8 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
         held_out = task.preferences("test", cfg.test_prompts, seed, ann)
         test_pairs += [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in held_out]
         test_oracle += [_oracle_order(r) for r in held_out]
-        test_tasks += [name] * len(held_out)
+        test_groups["task"] += [name] * len(held_out)
+        test_groups["pair"] += [_pair_label(r) for r in held_out]
         for split, n in (("test", cfg.test_prompts), ("ood", cfg.ood_prompts)):
             prompts[split] += task.prompt_rows(split, n, seed)
     files = {
@@ -118,7 +120,7 @@ def prepare_data(cfg: ExperimentConfig, seed: int, d: Path, annotator: Annotator
         files[f"{split}_prompts"] = _write_jsonl(d / f"data/{split}_prompts.jsonl", rows)
     corpus = [t for r in pairs for t in (r["prompt"], r["chosen"], r["rejected"])]
     corpus += [r["prompt"] for rows in prompts.values() for r in rows]
-    return {"files": files, "prompts": prompts, "corpus": corpus, "test_tasks": test_tasks}
+    return {"files": files, "prompts": prompts, "corpus": corpus, "test_groups": test_groups}
 
 
 def _kept(path: Path, resume: bool, kind: str | None = None) -> bool:
@@ -246,7 +248,7 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
                                              train=_with_seed(cfg.rm, seed), extraction=cfg.extraction,
                                              dtype=cfg.dtype, resume=_started(rm_dirs[kind], resume)))
         rm = load_reward_model(rm_dirs[kind], dtype=cfg.dtype)
-        run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs, groups=_task_labels(recs, data["test_tasks"]))
+        run.rm_eval[kind] = {labels: evaluate_pairs(rm, recs, groups=_breakdowns(recs, data["test_groups"]))
                              for labels, recs in test_sets.items()}
         clock.lap(f"rm-{kind}")
 
@@ -277,14 +279,23 @@ def run_seed(cfg: ExperimentConfig, seed: int, d: Path, sft_dir: str | None, ann
     return run
 
 
-def _task_labels(records: list, tasks: list[str]) -> list[str] | None:
-    """The task of each held-out pair, for per-task RM accuracy; None (overall accuracy only) if
-    the loader dropped a row, so the labels no longer line up."""
-    if len(records) != len(tasks):
+def _pair_label(row: dict) -> str:
+    """``task: better kind > worse kind`` (by the oracle) of an annotated pair, e.g.
+    ``summarize: full > wrong``: which comparisons an RM gets wrong."""
+    kinds = row["meta"]["kinds"]
+    better = row["meta"]["oracle_prefers"]
+    worse = kinds[1] if kinds[0] == better else kinds[0]
+    return f"{row['meta']['task']}: {better} > {worse}"
+
+
+def _breakdowns(records: list, groups: dict[str, list[str]]) -> dict[str, list[str]] | None:
+    """The task and pair-kind labels of the held-out pairs, for RM accuracy by task and by kind of
+    comparison; None (overall accuracy only) if the loader dropped a row, so they no longer line up."""
+    if any(len(records) != len(labels) for labels in groups.values()):
         log.warning("held-out pairs: %d loaded of %d written; RM accuracy is not broken down by task",
-                    len(records), len(tasks))
+                    len(records), len(groups["task"]))
         return None
-    return tasks
+    return groups
 
 
 def _slug(arm: str) -> str:

@@ -11,17 +11,21 @@ SEQ2SEQ_SCORES = ("mean", "sum", "agree_fraction")
 
 
 def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16,
-                   groups: list[str] | None = None) -> dict:
+                   groups: dict[str, list[str]] | None = None) -> dict:
     """Pairwise accuracy: P(score(chosen) > score(rejected)), ties counted as half.
 
-    ``groups``: one label per record (e.g. its task); the headline accuracy is then also given per
-    label under ``by_group`` (``{label: {"accuracy", "ties", "pairs"}}``), from the same scores.
+    ``groups``: breakdowns, each a name and one label per record (e.g. ``{"task": [...],
+    "pair": [...]}``); the headline accuracy is then also given per label, from the same scores,
+    under ``by[name][label]`` = ``{"accuracy", "ties", "pairs"}``.
 
     For a seq2seq RM the headline uses ``rm.extraction.sequence_score`` and every other
     sequence score is reported too, together with the share of agreeing tokens on chosen
     vs rejected responses (a seq2seq RM that learnt the preference copies chosen responses
     more readily than rejected ones).
     """
+    for name, labels in (groups or {}).items():
+        if len(labels) != len(records):
+            raise ValueError(f"groups[{name!r}] has {len(labels)} labels for {len(records)} records")
     names = SEQ2SEQ_SCORES if rm.kind == "seq2seq" else ("sum",)
     sc = {n: [] for n in names}
     sr = {n: [] for n in names}
@@ -56,19 +60,22 @@ def evaluate_pairs(rm, records: list[PreferenceRecord], batch_size: int = 16,
         "mean_tokens_rejected": torch.cat(len_r).mean().item(),
     }
     out["calibration"] = calibration(c, r)
-    if groups is not None:
-        if len(groups) != len(records):
-            raise ValueError(f"groups has {len(groups)} labels for {len(records)} records")
-        out["by_group"] = {}
-        for g in sorted(set(groups)):
-            idx = torch.tensor([i for i, x in enumerate(groups) if x == g])
-            cg, rg = c[idx], r[idx]
-            out["by_group"][g] = {"accuracy": ((cg > rg).float().mean() + 0.5 * (cg == rg).float().mean()).item(),
-                                  "ties": (cg == rg).float().mean().item(), "pairs": len(idx)}
+    if groups:
+        out["by"] = {name: _accuracy_by_label(c, r, labels) for name, labels in groups.items()}
     if rm.kind == "seq2seq":
         out["by_sequence_score"] = {n: acc(n) for n in names}
         out["agree_fraction_chosen"] = torch.cat(sc["agree_fraction"]).mean().item()
         out["agree_fraction_rejected"] = torch.cat(sr["agree_fraction"]).mean().item()
+    return out
+
+
+def _accuracy_by_label(chosen: torch.Tensor, rejected: torch.Tensor, labels: list[str]) -> dict:
+    out = {}
+    for g in sorted(set(labels)):
+        idx = torch.tensor([i for i, x in enumerate(labels) if x == g])
+        c, r = chosen[idx], rejected[idx]
+        out[g] = {"accuracy": ((c > r).float().mean() + 0.5 * (c == r).float().mean()).item(),
+                  "ties": (c == r).float().mean().item(), "pairs": len(idx)}
     return out
 
 
