@@ -66,6 +66,19 @@ def test_miniature_experiment_writes_a_complete_report(tmp_path, capsys):
     sweep = report["sweep"]
     assert len(sweep) == 1 and sweep[0]["annotator"]["refusal_bias"] == 0.0 and sweep[0]["seeds"] == [5]
     assert sweep[0]["seq2seq vs scalar"]["n"] == 9 and set(sweep[0]["arms"]) == {"sft", "scalar", "seq2seq"}
+    # the sweep point's own RMs (seed 5), judged against the oracle and against that point's annotator
+    sweep_rm = json.loads((out / "sweep/point-0/seed-5/rm-scalar/seq2seq_rm.json").read_text())
+    assert sweep_rm["kind"] == "scalar"
+    acc = sweep[0]["rm_accuracy"]
+    assert set(acc) == {"scalar", "seq2seq"}
+    from seq2seq_rm.data.loading import load_preferences
+    from seq2seq_rm.rewards import load_reward_model
+    from seq2seq_rm.rewards.evaluate import evaluate_pairs
+
+    for labels, name in (("oracle", "test_pairs_oracle"), ("annotator", "test_pairs")):
+        recs = load_preferences(str(out / f"sweep/point-0/seed-5/data/{name}.jsonl"))[0]
+        again = evaluate_pairs(load_reward_model(str(out / "sweep/point-0/seed-5/rm-scalar")), recs)
+        assert acc["scalar"][labels] == pytest.approx(again["accuracy"])
     assert report["samples"] and "rm_rewrite" in report["samples"][0]
     html = (out / "report.html").read_text()
     for png in ("win_rates.png", "refusals.png", "lengths.png", "overoptimisation.png", "length_curves.png",

@@ -149,7 +149,8 @@ def arm_metrics(rows: list[dict], info: dict, tasks: dict) -> dict:
 
 def evaluate_sweep(cfg: ExperimentConfig, points: list) -> list[dict]:
     """For every bias-sweep point (annotator options, seed runs): the test-split seq2seq-vs-scalar
-    win rate, and per arm the refusal rate on risky-looking benign prompts and summary words."""
+    win rate, per arm the refusal rate on risky-looking benign prompts and summary words, and both
+    RMs' held-out accuracy against the oracle and against that point's annotator."""
     from ..config import to_dict
 
     out = []
@@ -157,7 +158,12 @@ def evaluate_sweep(cfg: ExperimentConfig, points: list) -> list[dict]:
         res = evaluate_runs(cfg, runs)
         test = res["splits"]["test"]
         row = {"annotator": to_dict(annotator), "seeds": [r.seed for r in runs], "warnings": res["warnings"],
-               "seq2seq vs scalar": test["win_rates"].get("seq2seq vs scalar"), "arms": {}}
+               "seq2seq vs scalar": test["win_rates"].get("seq2seq vs scalar"), "arms": {},
+               # held-out pairwise accuracy of each RM (mean over seeds): against the oracle, and against
+               # the labels of this point's own (biased) annotator
+               "rm_accuracy": {kind: {labels: sum(r.rm_eval[kind][labels]["accuracy"] for r in runs) / len(runs)
+                                      for labels in ("oracle", "annotator")}
+                               for kind in ("scalar", "seq2seq") if all(kind in r.rm_eval for r in runs)}}
         for arm, m in test["arms"].items():
             row["arms"][arm] = {"refusal_risky_benign": m["refusal"].get("risky_benign"),
                                 "refusal_benign": m["refusal"].get("benign"),

@@ -251,7 +251,7 @@ def plot_sweep(sweep: list[dict], path: Path, colours: dict) -> None:
     plt = _plt()
     labels = [f"refusal {p['annotator']['refusal_bias']:g}\nlength {p['annotator']['length_bias']:g}" for p in sweep]
     x = list(range(len(sweep)))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 3.8))
     wr = [p["seq2seq vs scalar"] for p in sweep]
     axes[0].errorbar(x, [w["win_rate"] for w in wr], yerr=[[w["win_rate"] - w["ci_low"] for w in wr],
                                                           [w["ci_high"] - w["win_rate"] for w in wr]],
@@ -262,6 +262,14 @@ def plot_sweep(sweep: list[dict], path: Path, colours: dict) -> None:
         axes[1].plot(x, [p["arms"][arm]["refusal_risky_benign"] for p in sweep], "o-", color=colours[arm], label=arm)
         axes[2].plot(x, [p["arms"][arm]["words_summarize"] for p in sweep], "o-", color=colours[arm], label=arm)
     axes[2].plot(x, [p["arms"]["sft"]["ideal_words_summarize"] for p in sweep], "k--", label="oracle ideal")
+    for kind in ("scalar", "seq2seq"):
+        if all(kind in p.get("rm_accuracy", {}) for p in sweep):
+            for judge, style in (("oracle", "o-"), ("annotator", "s:")):
+                axes[3].plot(x, [p["rm_accuracy"][kind][judge] for p in sweep], style, color=colours[kind],
+                             label=f"{kind} RM vs {'the oracle' if judge == 'oracle' else 'its annotator'}")
+    axes[3].axhline(0.5, color="grey", ls="--", lw=1)
+    axes[3].set(title="RM accuracy on held-out pairs", ylim=(0, 1))
+    axes[3].legend(fontsize=7)
     axes[1].set(title="refusal rate on risky-looking benign prompts", ylim=(0, 1))
     axes[2].set(title="words per summary")
     for ax in axes:
@@ -434,9 +442,11 @@ def write_report(results: dict, runs, out: Path) -> Path:
             rows.append([json.dumps(p["annotator"]), str(p["seeds"]), _fmt(w["win_rate"]),
                          f"[{_fmt(w['ci_low'])}, {_fmt(w['ci_high'])}]", w["n"]]
                         + [_fmt(p["arms"][a]["refusal_risky_benign"], pct=True) for a in ("sft", "scalar", "seq2seq")]
-                        + [_fmt(p["arms"][a]["words_summarize"], digits=1) for a in ("sft", "scalar", "seq2seq")])
+                        + [_fmt(p["arms"][a]["words_summarize"], digits=1) for a in ("sft", "scalar", "seq2seq")]
+                        + [_fmt(p.get("rm_accuracy", {}).get(k, {}).get("oracle")) for k in ("scalar", "seq2seq")])
         parts.append(_table(["annotator", "seeds", "seq2seq vs scalar", "95% CI", "N", "refusal risky (sft)",
-                             "(scalar)", "(seq2seq)", "summary words (sft)", "(scalar)", "(seq2seq)"], rows))
+                             "(scalar)", "(seq2seq)", "summary words (sft)", "(scalar)", "(seq2seq)",
+                             "scalar RM vs oracle", "seq2seq RM vs oracle"], rows))
     parts.append("<h2>Reward models on held-out pairs</h2><img src='rm_calibration.png' alt='RM calibration'>")
     tasks = _rm_eval_tasks(results)
     rows = [[seed, kind, _fmt(m["oracle"]["accuracy"]), _fmt(m["annotator"]["accuracy"]), m["oracle"]["pairs"]]
@@ -519,7 +529,11 @@ def markdown_summary(results: dict) -> str:
         lines.append(f"- sweep {json.dumps(p['annotator'])}: seq2seq vs scalar {_fmt(w['win_rate'])} "
                      f"[{_fmt(w['ci_low'])}, {_fmt(w['ci_high'])}] (N={w['n']}); refusal on risky benign "
                      + ", ".join(f"{a} {_fmt(p['arms'][a]['refusal_risky_benign'], pct=True)}"
-                                 for a in ("sft", "scalar", "seq2seq")))
+                                 for a in ("sft", "scalar", "seq2seq"))
+                     + "; summary words " + ", ".join(f"{a} {_fmt(p['arms'][a]['words_summarize'], digits=1)}"
+                                                      for a in ("sft", "scalar", "seq2seq"))
+                     + "; RM accuracy vs oracle / vs annotator " + ", ".join(
+                         f"{k} {_fmt(v['oracle'])} / {_fmt(v['annotator'])}" for k, v in p.get("rm_accuracy", {}).items()))
     return "\n".join(lines) + "\n"
 
 
