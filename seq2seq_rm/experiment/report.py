@@ -148,7 +148,7 @@ def _curves(runs, arm: str, key: str, smooth: int = 5):
     return np.arange(1, n + 1), stack.mean(0), stack.std(0)
 
 
-def _windows(runs, arm: str, key: str, n_windows: int = 16):
+def _windows(runs, arm: str, key: str, n_windows: int = 10):
     """(seeds, windows) array of a per-step metric, averaged over consecutive windows of steps
     (``n_windows`` of them, fewer for short runs); None when no seed logged ``key``."""
     import numpy as np
@@ -172,8 +172,10 @@ def plot_overoptimisation(runs, arms: list[str], path: Path, colours: dict) -> N
     """Oracle quality of the rollouts over PPO steps, against KL(policy || reference) and against
     the arm's own RM reward (Gao et al. 2022, "Scaling laws for reward model overoptimization").
 
-    The two right panels average each seed's steps over consecutive windows (16 per run), then
-    take the mean and sd over seeds of each window, so each arm is one curve in step order. RM
+    The two right panels average each seed's steps over consecutive windows (10 per run), then
+    take the mean and sd over seeds of each window, so each arm is one curve in step order. KL is
+    drawn as sqrt(KL), the distance Gao et al. plot against (an arm that runs far keeps the others
+    readable). RM
     rewards have each arm's own scale (a scalar head, token sums, probabilities): the x axis is the
     gain since the first window divided by the arm's largest gain, so 1 is where its own RM was
     most satisfied and every arm fits one axis."""
@@ -191,9 +193,10 @@ def plot_overoptimisation(runs, arms: list[str], path: Path, colours: dict) -> N
         steps, qm, qs = q
         axes[0].plot(steps, qm, color=c, label=arm)
         axes[0].fill_between(steps, qm - qs, qm + qs, color=c, alpha=0.15)
-        width = max(1, len(steps) // 16)
-        qwm, qws, klm = qw.mean(0), qw.std(0), klw.mean(0)
-        axes[1].errorbar(klm, qwm, yerr=qws, xerr=klw.std(0), color=c, marker="o", ms=3, lw=1.2, elinewidth=0.6,
+        width = max(1, len(steps) // 10)
+        qwm, qws = qw.mean(0), qw.std(0)
+        d = np.sqrt(np.clip(klw, 0, None))
+        axes[1].errorbar(d.mean(0), qwm, yerr=qws, xerr=d.std(0), color=c, marker="o", ms=3, lw=1.2, elinewidth=0.6,
                          capsize=0, label=arm)
         if rww is not None:
             gain = rww.mean(0) - rww.mean(0)[0]
@@ -202,7 +205,7 @@ def plot_overoptimisation(runs, arms: list[str], path: Path, colours: dict) -> N
                              capsize=0, label=arm)
     axes[0].set(xlabel="PPO step", ylabel="oracle quality of rollouts",
                 title="oracle quality over training (moving average of 5 steps)")
-    axes[1].set(xlabel="KL(policy || reference), per response", ylabel="oracle quality",
+    axes[1].set(xlabel="sqrt(KL(policy || reference)), KL per response", ylabel="oracle quality",
                 title="quality against KL (over-optimisation)")
     axes[2].set(xlabel="the arm's own RM reward: gain / its largest gain", ylabel="oracle quality",
                 title="quality against the arm's own RM reward")
