@@ -70,6 +70,9 @@ def test_a_stopped_experiment_resumes_keeping_what_it_finished(tmp_path, monkeyp
     assert policy == str(out / "shared/sft")
     assert json.loads((out2 / "report.json").read_text())["config"]["sft_policy"] == str(out / "shared/sft")
     assert "sft_policy" in (out2 / "report.html").read_text()
+    # an experiment that would replace the folder holding its own SFT policy is refused before work
+    assert main(["experiment", "--out", str(out), "--overwrite", *ARGS, f"sft_policy={out / 'shared/sft'}"]) == 2
+    assert "holds the input" in capsys.readouterr().err and (out / "shared/sft").is_dir()
 
 
 def test_sft_policy_must_be_an_sft_output_and_replaces_the_sft_stage(tmp_path, capsys):

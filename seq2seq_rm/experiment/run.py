@@ -363,7 +363,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, overwrite: bool = Fal
     if resume:
         earlier = _resume_check(cfg, out, overwrite)
     else:
-        check_output_dir(out, "experiment", overwrite)
+        check_output_dir(out, "experiment", overwrite, inputs=[cfg.sft_policy, cfg.base_model])
     if cfg.base_model and not Path(cfg.base_model).exists():
         raise ConfigError(f"base_model {cfg.base_model} does not exist")
     if cfg.sft_policy:
