@@ -125,19 +125,28 @@ def plot_lengths(results: dict, path: Path, colours: dict) -> None:
     _save(fig, path)
 
 
+def _series(runs, arm: str, key: str) -> list:
+    """Each seed's per-step values of ``key`` for ``arm`` (NaN where a step lacks it), from the
+    PPO run's metrics.jsonl; seeds without the arm or the key are left out."""
+    import numpy as np
+
+    out = []
+    for r in runs:
+        if arm not in r.ppo_runs:
+            continue
+        rows = [json.loads(x) for x in (Path(r.ppo_runs[arm]) / "metrics.jsonl").read_text().splitlines() if x]
+        if rows and key in rows[0]:
+            out.append(np.array([row.get(key) if row.get(key) is not None else np.nan for row in rows], dtype=float))
+    return out
+
+
 def _curves(runs, arm: str, key: str, smooth: int = 5):
     """(steps, mean over seeds, std over seeds) of a per-step metric, each seed smoothed by a
     trailing moving average of ``smooth`` steps."""
     import numpy as np
 
     series = []
-    for r in runs:
-        if arm not in r.ppo_runs:
-            continue
-        rows = [json.loads(x) for x in (Path(r.ppo_runs[arm]) / "metrics.jsonl").read_text().splitlines() if x]
-        if not rows or key not in rows[0]:
-            continue
-        v = np.array([row.get(key) if row.get(key) is not None else np.nan for row in rows], dtype=float)
+    for v in _series(runs, arm, key):
         kernel = np.ones(smooth) / smooth
         padded = np.concatenate([np.full(smooth - 1, v[0]), v])
         series.append(np.convolve(padded, kernel, mode="valid"))
@@ -153,13 +162,7 @@ def _windows(runs, arm: str, key: str, n_windows: int = 10):
     (``n_windows`` of them, fewer for short runs); None when no seed logged ``key``."""
     import numpy as np
 
-    series = []
-    for r in runs:
-        if arm not in r.ppo_runs:
-            continue
-        rows = [json.loads(x) for x in (Path(r.ppo_runs[arm]) / "metrics.jsonl").read_text().splitlines() if x]
-        if rows and key in rows[0]:
-            series.append(np.array([row.get(key) if row.get(key) is not None else np.nan for row in rows], float))
+    series = _series(runs, arm, key)
     if not series:
         return None
     n = min(len(v) for v in series)
@@ -175,8 +178,7 @@ def plot_overoptimisation(runs, arms: list[str], path: Path, colours: dict) -> N
     The two right panels average each seed's steps over consecutive windows (10 per run), then
     take the mean and sd over seeds of each window, so each arm is one curve in step order. KL is
     drawn as sqrt(KL), the distance Gao et al. plot against (an arm that runs far keeps the others
-    readable). RM
-    rewards have each arm's own scale (a scalar head, token sums, probabilities): the x axis is the
+    readable). RM rewards have each arm's own scale (a scalar head, token sums, probabilities): the x axis is the
     gain since the first window divided by the arm's largest gain, so 1 is where its own RM was
     most satisfied and every arm fits one axis."""
     import numpy as np
